@@ -1,0 +1,100 @@
+"""Encoding of message tuples: msgpack (``M``) or a safe pickle (``Z``).
+
+``M``  ``msgpack.packb(msg, use_bin_type=True)`` / ``unpackb(raw=False,
+       use_list=False)``: bytes stay bytes, str stays str, arrays come back as
+       tuples, map keys must be str or bytes, no ext types.
+``Z``  pickle protocol 3.  Decoding admits **no globals at all** -- no class,
+       no function, no extension-registry code -- so a message can only hold
+       plain data (None, bool, int, float, bytes, str, tuple, list, dict, set).
+       A peer therefore cannot make us construct arbitrary objects or call
+       ``eval`` the way ZEO's own server unpickler allows.
+
+Exceptions are never sent as objects: an error reply carries
+``(qualified_class_name, exc.__dict__ or exc.args)``, which ZEO clients map
+back onto ZODB's exception classes.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import Any
+
+import msgpack
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+
+MSGPACK = b"M"
+PICKLE = b"Z"
+ENCODINGS = (MSGPACK, PICKLE)
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global and persistent reference."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent references are not allowed")
+
+
+def exception_payload(exc: BaseException) -> tuple[str, Any]:
+    """The ``(class_name, payload)`` pair an error reply carries."""
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}", (exc.__dict__ or exc.args)
+
+
+def _msgpack_default(obj: Any) -> Any:
+    if isinstance(obj, BaseException):
+        return exception_payload(obj)
+    if isinstance(obj, set | frozenset):
+        return tuple(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+class Codec:
+    """Encode and decode whole message tuples in one encoding."""
+
+    __slots__ = ("encoding", "_packer")
+
+    def __init__(self, encoding: bytes) -> None:
+        if encoding not in ENCODINGS:
+            raise LocalProtocolError(f"unknown encoding {encoding!r}")
+        self.encoding = encoding
+        self._packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
+
+    def encode(self, message: tuple[Any, Any, str, Any]) -> bytes:
+        """Encode a message tuple; raises ``LocalProtocolError`` if it can't."""
+        try:
+            if self.encoding == MSGPACK:
+                return self._packer.pack(message)
+            return pickle.dumps(message, 3)
+        except Exception as exc:
+            # msgpack's Packer keeps partial output after an error.
+            self._packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
+            raise LocalProtocolError(f"cannot encode message: {exc}") from exc
+
+    def decode(self, payload: bytes) -> tuple[Any, Any, str, Any]:
+        """Decode and shape-check one message.
+
+        Raises ``RemoteProtocolError`` for anything that is not a
+        ``(msgid, flag, name: str, args)`` tuple of plain data.
+        """
+        try:
+            if self.encoding == MSGPACK:
+                message = msgpack.unpackb(payload, raw=False, use_list=False)
+            else:
+                message = _PlainDataUnpickler(io.BytesIO(payload)).load()
+        except RecursionError as exc:
+            raise RemoteProtocolError("message nested too deeply") from exc
+        except Exception as exc:
+            raise RemoteProtocolError(f"undecodable message: {exc}") from exc
+        if not (isinstance(message, tuple | list) and len(message) == 4):
+            raise RemoteProtocolError(
+                f"a message must be a 4-tuple, got {type(message).__name__}"
+            )
+        msgid, flag, name, args = message
+        if not isinstance(name, str):
+            raise RemoteProtocolError(f"method name must be str, got {name!r:.80}")
+        return msgid, flag, name, args

@@ -1,0 +1,239 @@
+"""The ZEO 5 connection state machine, for both ends, without any I/O.
+
+Theory of operation
+-------------------
+
+A connection goes through three states::
+
+    HANDSHAKE --(protocol agreed)--> OPEN --(error or close)--> CLOSED
+
+The **server speaks first**: on accept it sends one frame holding its
+protocol, ``b"M5"`` (msgpack) or ``b"Z5"`` (pickle).  The **client answers**
+with the server's letter followed by the version it will speak, which is
+``min(server_version, b"5")`` compared *as bytes* (so ``Z6`` and ``Z99`` get
+``Z5`` while ``Z4`` or ``Z10`` are refused).  The server accepts version
+``5`` only, and takes the encoding from the letter the client answered with,
+whatever it announced.  Instead of a handshake a client may send ``ruok``:
+the server answers with one JSON status frame and closes.
+
+Once OPEN, each frame decodes to one event (see ``messages``).  A peer that
+sends anything malformed gets a ``RemoteProtocolError``; after that the
+connection is CLOSED and feeds nothing more.  Methods that produce bytes
+raise ``LocalProtocolError`` when called in a state that does not allow them.
+
+``ServerConnection`` and ``ClientConnection`` hold no sockets: feed them the
+bytes you received, write the bytes they return.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from typing import Any
+
+from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from . import codec as codec_module
+from .codec import ENCODINGS, MSGPACK, Codec
+from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from .messages import (
+    HEARTBEAT_MSGID,
+    REPLY,
+    AsyncCall,
+    Call,
+    ErrorReply,
+    Event,
+    Handshake,
+    Heartbeat,
+    Reply,
+    StatusProbe,
+)
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = b"5"
+STATUS_PROBE = b"ruok"
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def negotiate_version(announced: bytes) -> bytes:
+    """The version a client answers to a server's announcement.
+
+    ZEO compares versions as byte strings, and so do we for compatibility.
+    """
+    version = min(announced[1:], PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(f"server protocol {announced!r} is not supported")
+    return version
+
+
+class _Connection:
+    """What the two ends share: framing, codec and the state."""
+
+    def __init__(self, max_frame_size: int) -> None:
+        self._frames = FrameDecoder(max_frame_size)
+        self._codec: Codec | None = None
+        self.state = State.HANDSHAKE
+        self.protocol: bytes | None = None
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed received bytes; return the events they complete."""
+        if self.state is State.CLOSED:
+            return []
+        try:
+            payloads = self._frames.feed(data)
+            events: list[Event] = []
+            for payload in payloads:
+                if self.state is State.HANDSHAKE:
+                    events.append(self._receive_handshake(payload))
+                elif self.state is State.OPEN:
+                    assert self._codec is not None
+                    events.append(self._receive_message(*self._codec.decode(payload)))
+                else:
+                    break
+            return events
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+
+    def close(self) -> None:
+        self.state = State.CLOSED
+
+    # The two ends differ only in how they read the handshake and messages.
+    def _receive_handshake(self, payload: bytes) -> Event:
+        raise LocalProtocolError("abstract")  # pragma: no cover
+
+    def _receive_message(self, msgid: Any, flag: Any, name: str, args: Any) -> Event:
+        raise LocalProtocolError("abstract")  # pragma: no cover
+
+    def _open(self, protocol: bytes) -> None:
+        self.protocol = protocol
+        self._codec = Codec(protocol[:1])
+        self.state = State.OPEN
+
+    def _encode(self, message: tuple[Any, Any, str, Any]) -> bytes:
+        if self.state is not State.OPEN or self._codec is None:
+            raise LocalProtocolError(f"cannot send in state {self.state.value}")
+        return encode_frame(self._codec.encode(message))
+
+    @property
+    def encoding(self) -> bytes | None:
+        return self._codec.encoding if self._codec else None
+
+    def call_async(self, method: str, args: tuple[Any, ...]) -> bytes:
+        """Bytes for an asynchronous call (never answered)."""
+        return self._encode((0, True, method, args))
+
+
+def _as_args(args: Any) -> tuple[Any, ...]:
+    if isinstance(args, tuple):
+        return args
+    if isinstance(args, list):
+        return tuple(args)
+    raise RemoteProtocolError(
+        f"call arguments must be a sequence, got {type(args).__name__}"
+    )
+
+
+class ServerConnection(_Connection):
+    """The server's end of one client connection."""
+
+    def __init__(
+        self,
+        announce: bytes = MSGPACK + PROTOCOL_VERSION,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        super().__init__(max_frame_size)
+        if announce[:1] not in ENCODINGS:
+            raise LocalProtocolError(f"cannot announce {announce!r}")
+        self.announce = announce
+
+    def greeting(self) -> bytes:
+        """The first bytes the server sends, right after accepting."""
+        return encode_frame(self.announce)
+
+    def _receive_handshake(self, payload: bytes) -> Event:
+        if payload == STATUS_PROBE:
+            self.state = State.CLOSED
+            return StatusProbe()
+        if payload[:1] in ENCODINGS and payload[1:] == PROTOCOL_VERSION:
+            self._open(payload)
+            return Handshake(payload)
+        raise RemoteProtocolError(f"bad handshake {payload[:40]!r}")
+
+    def _receive_message(self, msgid: Any, flag: Any, name: str, args: Any) -> Event:
+        if msgid == HEARTBEAT_MSGID:
+            return Heartbeat()
+        if name == REPLY:
+            raise RemoteProtocolError("a client does not send replies")
+        if flag:
+            return AsyncCall(name, _as_args(args))
+        return Call(msgid, name, _as_args(args))
+
+    def reply(self, msgid: Any, result: Any) -> bytes:
+        """Bytes for a reply; an unencodable result becomes an error reply."""
+        try:
+            return self._encode((msgid, 0, REPLY, result))
+        except LocalProtocolError:
+            if self.state is not State.OPEN:
+                raise
+            logger.exception("cannot encode the reply to message %r", msgid)
+            return self.error(msgid, ValueError("Couldn't pickle response"))
+
+    def error(self, msgid: Any, exc: BaseException) -> bytes:
+        """Bytes for an error reply in the shape ZEO clients decode."""
+        name, payload = codec_module.exception_payload(exc)
+        try:
+            return self._encode((msgid, 2, REPLY, (name, payload)))
+        except LocalProtocolError:
+            if self.state is not State.OPEN:
+                raise
+            return self._encode((msgid, 2, REPLY, (name, (str(exc),))))
+
+    @staticmethod
+    def status(status: dict[str, Any]) -> bytes:
+        """The answer to a ``ruok`` probe: one frame of ASCII JSON."""
+        return encode_frame(json.dumps(status).encode("ascii"))
+
+
+class ClientConnection(_Connection):
+    """The client's end of a connection to a server."""
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        super().__init__(max_frame_size)
+        self._answer: bytes | None = None
+
+    def _receive_handshake(self, payload: bytes) -> Event:
+        if payload[:1] not in ENCODINGS:
+            raise RemoteProtocolError(f"bad server handshake {payload[:40]!r}")
+        answer = payload[:1] + negotiate_version(payload)
+        self._answer = answer
+        self._open(answer)
+        return Handshake(payload)
+
+    def handshake(self) -> bytes:
+        """Bytes answering the server's announcement (after ``Handshake``)."""
+        if self._answer is None:
+            raise LocalProtocolError("the server has not announced a protocol yet")
+        return encode_frame(self._answer)
+
+    def _receive_message(self, msgid: Any, flag: Any, name: str, args: Any) -> Event:
+        if name == REPLY:
+            if not flag:
+                return Reply(msgid, args)
+            if not (isinstance(args, tuple | list) and len(args) == 2):
+                raise RemoteProtocolError(f"malformed error reply {args!r:.80}")
+            class_name, payload = args
+            return ErrorReply(msgid, str(class_name), payload)
+        return AsyncCall(name, _as_args(args))
+
+    def call(self, msgid: Any, method: str, args: tuple[Any, ...]) -> bytes:
+        return self._encode((msgid, False, method, args))
+
+    def heartbeat(self) -> bytes:
+        return self._encode((HEARTBEAT_MSGID, 0, REPLY, None))

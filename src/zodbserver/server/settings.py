@@ -1,0 +1,35 @@
+"""The operational settings of a server, apart from the storages it serves.
+
+One frozen dataclass, filled from a ``zeo.conf`` ``<zeo>`` section, from the
+command line, or directly by tests and embedding code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..protocol import DEFAULT_MAX_FRAME_SIZE
+
+DEFAULT_PORT = 8100
+DEFAULT_HOST = "127.0.0.1"
+
+#: A TCP ``(host, port)`` pair or the path of a Unix socket.
+Address = tuple[str, int] | str
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    address: Address = (DEFAULT_HOST, DEFAULT_PORT)
+    read_only: bool = False
+    invalidation_queue_size: int = 100
+    #: Seconds; when the invalidation queue cannot answer ``getInvalidations``
+    #: and the client's tid is younger than this, the storage is scanned.
+    invalidation_age: float | None = None
+    #: Seconds a transaction may hold the commit lock before its client is
+    #: disconnected (which aborts the transaction).
+    transaction_timeout: float | None = None
+    client_conflict_resolution: bool = False
+    #: Encoding announced in the handshake: msgpack (``M5``) unless False.
+    msgpack: bool = True
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    pid_filename: str | None = None
