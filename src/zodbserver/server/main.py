@@ -1,0 +1,172 @@
+"""Run a server: listen, serve until told to stop, shut down cleanly.
+
+``serve`` is the coroutine; ``run`` wraps it for a process (signals, pid
+file, uvloop when installed) and ``ServerThread`` (in ``thread``) for tests
+and embedding.
+
+Shutdown, whatever triggers it: stop listening; let every transaction that
+is voting or finishing in a storage thread complete; close every client
+connection (which aborts the transactions that were still open); close the
+storages in a thread (FileStorage saves its index).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .session import background_tasks as session_tasks
+from .settings import Address, ServerSettings
+from .storage_server import StorageServer
+from .transport import ServerProtocol
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_RESTART = 1
+
+#: How long shutdown waits for transactions in vote/finish to complete.
+SHUTDOWN_GRACE = 30.0
+
+
+async def serve(
+    settings: ServerSettings,
+    storages: Mapping[str, Any],
+    *,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[Address], None] | None = None,
+) -> None:
+    """Serve ``storages`` until ``stop`` is set (or forever)."""
+    loop = asyncio.get_running_loop()
+    server = StorageServer(storages, settings)
+    server.attach(loop)
+    connections: set[ServerProtocol] = set()
+
+    def factory() -> ServerProtocol:
+        return ServerProtocol(server, connections)
+
+    address = settings.address
+    listener: asyncio.AbstractServer
+    if isinstance(address, str):
+        _remove_stale_socket(address)
+        listener = await loop.create_unix_server(factory, address)
+        bound: Address = address
+    else:
+        host, port = address
+        listener = await loop.create_server(factory, host, port, reuse_address=True)
+        bound = listener.sockets[0].getsockname()[:2]
+    logger.info("listening on %s, storages %s", bound, ", ".join(server.hosted))
+    try:
+        if ready is not None:
+            ready(bound)
+        await (stop or asyncio.Event()).wait()
+    finally:
+        logger.info("shutting down")
+        listener.close()
+        await _drain(server, connections)
+        await asyncio.to_thread(server.close_storages)
+        if isinstance(address, str):
+            with contextlib.suppress(OSError):
+                os.unlink(address)
+        logger.info("shut down")
+
+
+async def _drain(server: StorageServer, connections: set[ServerProtocol]) -> None:
+    """Let voting and finishing transactions end, then drop every client."""
+    await _wait_for_storage_calls(server)
+    lost = [connection.lost for connection in connections]
+    for connection in list(connections):
+        connection.close()
+    if lost:
+        await asyncio.wait(lost, timeout=SHUTDOWN_GRACE)
+    # Closing connections aborted their transactions in the storage threads.
+    await _wait_for_storage_calls(server)
+
+
+async def _wait_for_storage_calls(server: StorageServer) -> None:
+    running = [f for hosted in server.hosted.values() for f in hosted.running]
+    running.extend(session_tasks)
+    if running:
+        await asyncio.wait(running, timeout=SHUTDOWN_GRACE)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a Unix socket left by a server that died, but not a live one."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise OSError(f"another server is listening on {path}")
+    finally:
+        probe.close()
+
+
+def run(
+    settings: ServerSettings,
+    storages: Mapping[str, Any],
+    *,
+    reopen_logs: Callable[[], None] | None = None,
+    ready: Callable[[Address], None] | None = None,
+) -> int:
+    """Run a server process until a signal; return its exit code.
+
+    SIGTERM and SIGINT stop it (exit 0), SIGHUP stops it with exit 1 so that
+    a supervisor restarts it, SIGUSR2 reopens the log files.
+    """
+    outcome = {"code": EXIT_OK}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def request_stop(code: int) -> None:
+            outcome["code"] = code
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGTERM, request_stop, EXIT_OK)
+        loop.add_signal_handler(signal.SIGINT, request_stop, EXIT_OK)
+        loop.add_signal_handler(signal.SIGHUP, request_stop, EXIT_RESTART)
+        if reopen_logs is not None:
+            loop.add_signal_handler(signal.SIGUSR2, reopen_logs)
+
+        def started(bound: Address) -> None:
+            if settings.pid_filename and not settings.read_only:
+                _write_pid_file(settings.pid_filename)
+            if ready is not None:
+                ready(bound)
+
+        try:
+            await serve(settings, storages, stop=stop, ready=started)
+        finally:
+            if settings.pid_filename and not settings.read_only:
+                with contextlib.suppress(OSError):
+                    os.unlink(settings.pid_filename)
+
+    _event_loop_runner()(main())
+    return outcome["code"]
+
+
+def _write_pid_file(path: str) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as stream:
+        stream.write(f"{os.getpid()}\n")
+    os.replace(temporary, path)
+
+
+def _event_loop_runner() -> Callable[[Any], Any]:
+    """uvloop's runner when it is installed, asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run

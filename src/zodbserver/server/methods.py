@@ -1,0 +1,221 @@
+"""The table of methods a client may call, with their argument checks.
+
+Nothing from the wire is looked up with ``getattr``: a method name is a key
+into ``METHODS`` or it is refused.  Each entry says whether the call is
+synchronous (answered) or asynchronous, whether it is allowed before
+``register``, and how each positional argument is checked.  Arguments are
+checked before the storage sees them, so a wrong type from a hostile or
+broken client becomes a ``TypeError`` naming the method and argument, never
+an obscure failure deep inside a storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .session import Session
+
+Check = Callable[[Any], Any]
+
+
+class ArgumentError(TypeError):
+    """A call's arguments do not match the method."""
+
+
+def _bytes8(value: Any) -> bytes:
+    if isinstance(value, bytes) and len(value) == 8:
+        return value
+    raise ArgumentError("an 8-byte oid or tid")
+
+
+def _optional_bytes8(value: Any) -> bytes | None:
+    return None if value is None else _bytes8(value)
+
+
+def _data(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    raise ArgumentError("bytes")
+
+
+def _optional_data(value: Any) -> bytes | None:
+    return None if value is None else _data(value)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    raise ArgumentError("a string")
+
+
+def _text_or_bytes(value: Any) -> str | bytes:
+    if isinstance(value, str | bytes):
+        return value
+    raise ArgumentError("a string")
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ArgumentError("an integer")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    raise ArgumentError("a number")
+
+
+def _optional_integer(value: Any) -> int | None:
+    return None if value is None else _integer(value)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool | int) or value is None:
+        return bool(value)
+    raise ArgumentError("a boolean")
+
+
+def _mapping(value: Any) -> dict[Any, Any]:
+    if isinstance(value, dict):
+        return value
+    raise ArgumentError("a mapping")
+
+
+def _integers(value: Any) -> list[int]:
+    if isinstance(value, list | tuple):
+        return [_integer(item) for item in value]
+    raise ArgumentError("a list of integers")
+
+
+def _token(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        raise ArgumentError("a hashable transaction token") from None
+    return value
+
+
+def _anything(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Method:
+    function: Callable[..., Any]
+    checks: Sequence[Check]
+    required: int
+    synchronous: bool = True
+    before_register: bool = False
+
+    def bind_arguments(self, name: str, args: tuple[Any, ...]) -> list[Any]:
+        if not self.required <= len(args) <= len(self.checks):
+            expected = (
+                str(self.required)
+                if self.required == len(self.checks)
+                else f"{self.required} to {len(self.checks)}"
+            )
+            raise ArgumentError(f"{name}() takes {expected} arguments, got {len(args)}")
+        checked = []
+        for position, (check, value) in enumerate(zip(self.checks, args, strict=False)):
+            try:
+                checked.append(check(value))
+            except ArgumentError as exc:
+                raise ArgumentError(
+                    f"{name}() argument {position + 1} must be {exc}, got {value!r:.60}"
+                ) from None
+        return checked
+
+
+def _sync(
+    function: Callable[..., Any],
+    *checks: Check,
+    required: int | None = None,
+    before_register: bool = False,
+) -> Method:
+    return Method(
+        function,
+        checks,
+        len(checks) if required is None else required,
+        True,
+        before_register,
+    )
+
+
+def _async(
+    function: Callable[..., Any], *checks: Check, required: int | None = None
+) -> Method:
+    return Method(
+        function, checks, len(checks) if required is None else required, False
+    )
+
+
+S = Session
+METHODS: dict[str, Method] = {
+    # connection
+    "register": _sync(S.register, _text, _flag, before_register=True),
+    "get_info": _sync(S.get_info),
+    "lastTransaction": _sync(S.lastTransaction),
+    "getInvalidations": _sync(S.getInvalidations, _bytes8),
+    "ping": _sync(S.ping),
+    "server_status": _sync(S.server_status),
+    "set_client_label": _async(S.set_client_label, _anything),
+    # reads
+    "loadBefore": _sync(S.loadBefore, _bytes8, _bytes8),
+    "loadSerial": _sync(S.loadSerial, _bytes8, _bytes8),
+    "getTid": _sync(S.getTid, _bytes8),
+    "history": _sync(S.history, _bytes8, _integer, required=1),
+    "record_iternext": _sync(S.record_iternext, _optional_data, required=0),
+    "new_oids": _sync(S.new_oids, _integer, required=0),
+    # administration
+    "pack": _sync(S.pack, _number, _flag, required=1),
+    "undoLog": _sync(S.undoLog, _integer, _integer),
+    "undoInfo": _sync(S.undoInfo, _integer, _integer, _anything),
+    "iterator_start": _sync(S.iterator_start, _optional_bytes8, _optional_bytes8),
+    "iterator_next": _sync(S.iterator_next, _integer),
+    "iterator_record_start": _sync(S.iterator_record_start, _integer, _bytes8),
+    "iterator_record_next": _sync(S.iterator_record_next, _integer),
+    "iterator_gc": _async(S.iterator_gc, _integers),
+    # transactions
+    "tpc_begin": _async(
+        S.tpc_begin,
+        _token,
+        _text_or_bytes,
+        _text_or_bytes,
+        _mapping,
+        _optional_bytes8,
+        _text,
+        required=4,
+    ),
+    "storea": _async(S.storea, _bytes8, _bytes8, _data, _token),
+    "checkCurrentSerialInTransaction": _async(
+        S.checkCurrentSerialInTransaction, _bytes8, _bytes8, _token
+    ),
+    "deleteObject": _async(S.deleteObject, _bytes8, _bytes8, _token),
+    "restorea": _async(
+        S.restorea, _bytes8, _bytes8, _optional_data, _optional_bytes8, _token
+    ),
+    "undoa": _async(S.undoa, _data, _token),
+    "vote": _sync(S.vote, _token),
+    "tpc_finish": _sync(S.tpc_finish, _token),
+    "tpc_abort": _sync(S.tpc_abort, _token),
+}
+
+#: Async calls whose failure belongs to the client's transaction.
+TRANSACTION_CALLS = frozenset(
+    {
+        "tpc_begin",
+        "storea",
+        "checkCurrentSerialInTransaction",
+        "deleteObject",
+        "restorea",
+        "undoa",
+    }
+)

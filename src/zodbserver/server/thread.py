@@ -1,0 +1,97 @@
+"""A server running on its own event loop in a background thread.
+
+For tests and for applications that embed a server::
+
+    with ServerThread({"1": storage}) as address:
+        ...   # connect clients to address
+
+The storages are closed when the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from .main import serve
+from .settings import Address, ServerSettings
+
+
+class ServerThread:
+    def __init__(
+        self,
+        storages: Mapping[str, Any],
+        settings: ServerSettings | None = None,
+        **options: Any,
+    ) -> None:
+        if settings is None:
+            options.setdefault("address", ("127.0.0.1", 0))
+            settings = ServerSettings(**options)
+        elif options:
+            raise TypeError("give settings or keyword options, not both")
+        self.settings = settings
+        self.storages = storages
+        self.address: Address | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="zodbserver", daemon=True
+        )
+
+    def start(self, timeout: float = 30.0) -> Address:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the server did not start")
+        if self._error is not None:
+            raise self._error
+        assert self.address is not None
+        return self.address
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if (
+            self._loop is not None
+            and self._stop is not None
+            and self._thread.is_alive()
+        ):
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the server did not stop")
+
+    def call(self, function: Any, *args: Any) -> Any:
+        """Run ``function(*args)`` on the server's loop and return its result."""
+        assert self._loop is not None
+
+        async def wrapper() -> Any:
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(30)
+
+    def __enter__(self) -> Address:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def ready(address: Address) -> None:
+                self.address = address
+                self._ready.set()
+
+            await serve(self.settings, self.storages, stop=self._stop, ready=ready)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._ready.set()

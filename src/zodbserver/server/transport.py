@@ -1,0 +1,220 @@
+"""asyncio glue: one ``ServerProtocol`` per accepted connection.
+
+It feeds received bytes to the sans-IO ``ServerConnection``, dispatches the
+resulting calls through the method table to the connection's ``Session``,
+and writes replies.  Replies to calls that complete at once are written in
+the order the calls arrived; a call that has to wait (a vote queued for the
+commit lock, a pack, an iterator step in a thread) is answered when it
+completes, which ZEO clients allow since they match replies by msgid.
+
+Writes produced while handling one chunk of input are batched into a single
+``writelines``.  When a client stops reading and our send buffer fills up we
+stop reading from it too, so one slow client cannot make us buffer without
+bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
+
+from ..errors import RemoteProtocolError
+from ..protocol import (
+    AsyncCall,
+    Call,
+    Handshake,
+    Heartbeat,
+    ServerConnection,
+    StatusProbe,
+)
+from ..protocol.connection import State
+from .methods import METHODS, TRANSACTION_CALLS, ArgumentError
+from .session import Session
+from .storage_server import StorageServer
+
+logger = logging.getLogger(__name__)
+
+#: Errors that are part of normal operation and not worth a traceback.
+QUIET_ERRORS = (POSKeyError, ConflictError, ReadConflictError)
+
+
+class ServerProtocol(asyncio.Protocol):
+    def __init__(self, server: StorageServer, connections: set[ServerProtocol]) -> None:
+        settings = server.settings
+        announce = (b"M" if settings.msgpack else b"Z") + b"5"
+        self.connection = ServerConnection(announce, settings.max_frame_size)
+        self.server = server
+        self.session = Session(server, self)
+        self.label = "unconnected"
+        self._connections = connections
+        self._transport: asyncio.Transport | None = None
+        self._batch: list[bytes] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+        #: Done once ``connection_lost`` has run.
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.label = _address_label(peer)
+        self._connections.add(self)
+        transport.write(self.connection.greeting())
+
+    def data_received(self, data: bytes) -> None:
+        self._batch = batch = list[bytes]()
+        try:
+            events = self.connection.receive_data(data)
+            for event in events:
+                if self.closed:
+                    break
+                self._handle(event)
+        except RemoteProtocolError as exc:
+            logger.warning("%s: protocol error, closing: %s", self.label, exc)
+            self.close()
+        finally:
+            self._batch = None
+            if (
+                batch
+                and self._transport is not None
+                and not self._transport.is_closing()
+            ):
+                self._transport.writelines(batch)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.connection.close()
+        self._connections.discard(self)
+        if exc is not None:
+            logger.info("%s: connection lost: %s", self.label, exc)
+        self.session.disconnected()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # -- the Peer interface the session uses --------------------------------
+
+    def send_async(self, method: str, args: tuple[Any, ...]) -> None:
+        if not self.closed and self.connection.state is State.OPEN:
+            self._write(self.connection.call_async(method, args))
+
+    def close(self) -> None:
+        if self._transport is not None and not self.closed:
+            self.closed = True
+            self.connection.close()
+            self._transport.close()
+
+    # -- dispatch -------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self._batch is not None:
+            self._batch.append(data)
+        elif self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, Call):
+            self._call(event.msgid, event.method, event.args)
+        elif isinstance(event, AsyncCall):
+            self._call_async(event.method, event.args)
+        elif isinstance(event, Handshake):
+            logger.info("%s: connected, protocol %r", self.label, event.protocol)
+        elif isinstance(event, StatusProbe):
+            self._write(ServerConnection.status(self.server.ruok()))
+            self.close()
+        elif not isinstance(event, Heartbeat):  # pragma: no cover - exhaustive
+            raise RemoteProtocolError(f"unexpected message {event!r}")
+
+    def _lookup(self, method: str, args: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+        spec = METHODS.get(method)
+        if spec is None:
+            raise RemoteProtocolError(f"unknown method {method!r:.80}")
+        if self.session.hosted is None and not spec.before_register:
+            raise RemoteProtocolError(f"{method}() called before register()")
+        return spec, spec.bind_arguments(method, args)
+
+    def _call(self, msgid: Any, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            spec, arguments = self._lookup(method, args)
+            if not spec.synchronous:
+                raise ArgumentError(f"{method}() is an asynchronous method")
+            result = spec.function(self.session, *arguments)
+        except RemoteProtocolError as exc:
+            logger.warning("%s: %s", self.label, exc)
+            self._write(self.connection.error(msgid, exc))
+            return
+        except Exception as exc:
+            self._reply_error(msgid, method, exc)
+            return
+        if asyncio.iscoroutine(result):
+            task = asyncio.ensure_future(self._reply_later(msgid, method, result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._write(self.connection.reply(msgid, result))
+
+    async def _reply_later(self, msgid: Any, method: str, pending: Any) -> None:
+        try:
+            result = await pending
+        except asyncio.CancelledError:
+            if not self.closed:
+                self._write(
+                    self.connection.error(
+                        msgid, RuntimeError(f"{method}() was cancelled")
+                    )
+                )
+            return
+        except Exception as exc:
+            if not self.closed:
+                self._reply_error(msgid, method, exc)
+            elif not isinstance(exc, QUIET_ERRORS):
+                logger.info(
+                    "%s: %s() failed after disconnect: %r", self.label, method, exc
+                )
+            return
+        if not self.closed:
+            self._write(self.connection.reply(msgid, result))
+
+    def _reply_error(self, msgid: Any, method: str, exc: Exception) -> None:
+        if isinstance(exc, ArgumentError):
+            logger.warning("%s: %s", self.label, exc)
+        elif not isinstance(exc, QUIET_ERRORS):
+            logger.info("%s: %s() raised %r", self.label, method, exc, exc_info=True)
+        self._write(self.connection.error(msgid, exc))
+
+    def _call_async(self, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            spec, arguments = self._lookup(method, args)
+            if spec.synchronous:
+                raise RemoteProtocolError(f"{method}() must be called synchronously")
+        except (RemoteProtocolError, ArgumentError) as exc:
+            # An async call cannot be answered: drop a client that sends junk.
+            logger.warning("%s: %s; closing", self.label, exc)
+            self.close()
+            return
+        try:
+            spec.function(self.session, *arguments)
+        except Exception as exc:
+            if method in TRANSACTION_CALLS:
+                self.session.async_call_failed(method, exc)
+            else:
+                logger.warning("%s: async %s() failed: %r", self.label, method, exc)
+
+
+def _address_label(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer) if peer else "unix socket"
