@@ -5,7 +5,7 @@
        tuples, map keys must be str or bytes, no ext types.
 ``Z``  pickle protocol 3.  Decoding admits **no globals at all** -- no class,
        no function, no extension-registry code -- so a message can only hold
-       plain data (None, bool, int, float, bytes, str, tuple, list, dict, set).
+       plain data (None, bool, int, float, bytes, str, tuple, list, dict).
        A peer therefore cannot make us construct arbitrary objects or call
        ``eval`` the way ZEO's own server unpickler allows.
 
@@ -16,8 +16,10 @@ back onto ZODB's exception classes.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
+import pickletools
 from typing import Any
 
 import msgpack
@@ -27,6 +29,23 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 MSGPACK = b"M"
 PICKLE = b"Z"
 ENCODINGS = (MSGPACK, PICKLE)
+
+
+_EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
+
+
+def _refuse_extension_codes(payload: bytes) -> None:
+    """Refuse copyreg extension codes while any are registered.
+
+    The C unpickler resolves an extension code it has seen before from
+    ``copyreg._extension_cache`` without asking ``find_class``; nothing is
+    registered unless some library does so, hence the cheap check first.
+    """
+    if not copyreg._inverted_registry:  # type: ignore[attr-defined]
+        return
+    for opcode, _, _ in pickletools.genops(payload):
+        if opcode.name in _EXTENSION_OPCODES:
+            raise pickle.UnpicklingError("extension codes are not allowed")
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -53,6 +72,23 @@ def _msgpack_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
+def _without_sets(value: Any) -> Any:
+    """Sets as tuples: pickling a set names ``builtins.set``, a global that
+    ZEO clients (and we) refuse to unpickle.  msgpack does this in
+    ``_msgpack_default``."""
+    if isinstance(value, tuple):
+        return tuple(_without_sets(item) for item in value)
+    if isinstance(value, list):
+        return [_without_sets(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _without_sets(item) for key, item in value.items()}
+    if isinstance(value, set | frozenset):
+        return tuple(_without_sets(item) for item in value)
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return value
+
+
 class Codec:
     """Encode and decode whole message tuples in one encoding."""
 
@@ -69,7 +105,7 @@ class Codec:
         try:
             if self.encoding == MSGPACK:
                 return self._packer.pack(message)
-            return pickle.dumps(message, 3)
+            return pickle.dumps(_without_sets(message), 3)
         except Exception as exc:
             # msgpack's Packer keeps partial output after an error.
             self._packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
@@ -85,6 +121,7 @@ class Codec:
             if self.encoding == MSGPACK:
                 message = msgpack.unpackb(payload, raw=False, use_list=False)
             else:
+                _refuse_extension_codes(payload)
                 message = _PlainDataUnpickler(io.BytesIO(payload)).load()
         except RecursionError as exc:
             raise RemoteProtocolError("message nested too deeply") from exc
@@ -96,5 +133,7 @@ class Codec:
             )
         msgid, flag, name, args = message
         if not isinstance(name, str):
-            raise RemoteProtocolError(f"method name must be str, got {name!r:.80}")
+            raise RemoteProtocolError(
+                f"method name must be str, got {type(name).__name__}"
+            )
         return msgid, flag, name, args

@@ -130,6 +130,21 @@ class _Connection:
         return self._encode((0, True, method, args))
 
 
+def _check_msgid(msgid: Any) -> None:
+    """Message ids are ints, or ``(oid, tid)`` pairs for ``loadBefore``."""
+    if isinstance(msgid, int):
+        return
+    if (
+        isinstance(msgid, tuple | list)
+        and len(msgid) <= 2
+        and all(isinstance(part, bytes) and len(part) <= 8 for part in msgid)
+    ):
+        return
+    raise RemoteProtocolError(
+        f"a message id must be an int, got {type(msgid).__name__}"
+    )
+
+
 def _as_args(args: Any) -> tuple[Any, ...]:
     if isinstance(args, tuple):
         return args
@@ -173,6 +188,9 @@ class ServerConnection(_Connection):
             raise RemoteProtocolError("a client does not send replies")
         if flag:
             return AsyncCall(name, _as_args(args))
+        _check_msgid(msgid)
+        if isinstance(msgid, list):
+            msgid = tuple(msgid)
         return Call(msgid, name, _as_args(args))
 
     def reply(self, msgid: Any, result: Any) -> bytes:
@@ -226,10 +244,16 @@ class ClientConnection(_Connection):
         if name == REPLY:
             if not flag:
                 return Reply(msgid, args)
-            if not (isinstance(args, tuple | list) and len(args) == 2):
-                raise RemoteProtocolError(f"malformed error reply {args!r:.80}")
+            if not (
+                isinstance(args, tuple | list)
+                and len(args) == 2
+                and isinstance(args[0], str)
+            ):
+                raise RemoteProtocolError(
+                    f"malformed error reply of type {type(args).__name__}"
+                )
             class_name, payload = args
-            return ErrorReply(msgid, str(class_name), payload)
+            return ErrorReply(msgid, class_name, payload)
         return AsyncCall(name, _as_args(args))
 
     def call(self, msgid: Any, method: str, args: tuple[Any, ...]) -> bytes:

@@ -45,35 +45,37 @@ async def serve(
     """Serve ``storages`` until ``stop`` is set (or forever)."""
     loop = asyncio.get_running_loop()
     server = StorageServer(storages, settings)
-    server.attach(loop)
     connections: set[ServerProtocol] = set()
+    address = settings.address
+    listener: asyncio.AbstractServer | None = None
 
     def factory() -> ServerProtocol:
         return ServerProtocol(server, connections)
 
-    address = settings.address
-    listener: asyncio.AbstractServer
-    if isinstance(address, str):
-        _remove_stale_socket(address)
-        listener = await loop.create_unix_server(factory, address)
-        bound: Address = address
-    else:
-        host, port = address
-        listener = await loop.create_server(factory, host, port, reuse_address=True)
-        bound = listener.sockets[0].getsockname()[:2]
-    logger.info("listening on %s, storages %s", bound, ", ".join(server.hosted))
     try:
+        server.attach(loop)
+        bound: Address
+        if isinstance(address, str):
+            _remove_stale_socket(address)
+            listener = await loop.create_unix_server(factory, address)
+            bound = address
+        else:
+            host, port = address
+            listener = await loop.create_server(factory, host, port, reuse_address=True)
+            bound = listener.sockets[0].getsockname()[:2]
+        logger.info("listening on %s, storages %s", bound, ", ".join(server.hosted))
         if ready is not None:
             ready(bound)
         await (stop or asyncio.Event()).wait()
     finally:
         logger.info("shutting down")
-        listener.close()
+        if listener is not None:
+            listener.close()
+            if isinstance(address, str):
+                with contextlib.suppress(OSError):
+                    os.unlink(address)
         await _drain(server, connections)
         await asyncio.to_thread(server.close_storages)
-        if isinstance(address, str):
-            with contextlib.suppress(OSError):
-                os.unlink(address)
         logger.info("shut down")
 
 

@@ -21,7 +21,15 @@ Check = Callable[[Any], Any]
 
 
 class ArgumentError(TypeError):
-    """A call's arguments do not match the method."""
+    """An argument does not match its check (internal to this module)."""
+
+
+
+def _describe(value: Any) -> str:
+    """Name what was sent without a repr of unbounded size or depth."""
+    if isinstance(value, bytes | str):
+        return f"{type(value).__name__} of length {len(value)}"
+    return type(value).__name__
 
 
 def _bytes8(value: Any) -> bytes:
@@ -98,7 +106,7 @@ def _integers(value: Any) -> list[int]:
 def _token(value: Any) -> Any:
     try:
         hash(value)
-    except TypeError:
+    except (TypeError, RecursionError):
         raise ArgumentError("a hashable transaction token") from None
     return value
 
@@ -122,14 +130,16 @@ class Method:
                 if self.required == len(self.checks)
                 else f"{self.required} to {len(self.checks)}"
             )
-            raise ArgumentError(f"{name}() takes {expected} arguments, got {len(args)}")
+            raise TypeError(f"{name}() takes {expected} arguments, got {len(args)}")
         checked = []
         for position, (check, value) in enumerate(zip(self.checks, args, strict=False)):
             try:
                 checked.append(check(value))
             except ArgumentError as exc:
-                raise ArgumentError(
-                    f"{name}() argument {position + 1} must be {exc}, got {value!r:.60}"
+                # A plain TypeError: ZEO clients map builtins.TypeError.
+                raise TypeError(
+                    f"{name}() argument {position + 1} must be {exc}, "
+                    f"got {_describe(value)}"
                 ) from None
         return checked
 

@@ -31,7 +31,7 @@ from ..protocol import (
     StatusProbe,
 )
 from ..protocol.connection import State
-from .methods import METHODS, TRANSACTION_CALLS, ArgumentError
+from .methods import METHODS, TRANSACTION_CALLS
 from .session import Session
 from .storage_server import StorageServer
 
@@ -141,7 +141,7 @@ class ServerProtocol(asyncio.Protocol):
     def _lookup(self, method: str, args: tuple[Any, ...]) -> tuple[Any, list[Any]]:
         spec = METHODS.get(method)
         if spec is None:
-            raise RemoteProtocolError(f"unknown method {method!r:.80}")
+            raise RemoteProtocolError(f"unknown method {method[:80]!r}")
         if self.session.hosted is None and not spec.before_register:
             raise RemoteProtocolError(f"{method}() called before register()")
         return spec, spec.bind_arguments(method, args)
@@ -150,7 +150,7 @@ class ServerProtocol(asyncio.Protocol):
         try:
             spec, arguments = self._lookup(method, args)
             if not spec.synchronous:
-                raise ArgumentError(f"{method}() is an asynchronous method")
+                raise TypeError(f"{method}() is an asynchronous method")
             result = spec.function(self.session, *arguments)
         except RemoteProtocolError as exc:
             logger.warning("%s: %s", self.label, exc)
@@ -189,7 +189,7 @@ class ServerProtocol(asyncio.Protocol):
             self._write(self.connection.reply(msgid, result))
 
     def _reply_error(self, msgid: Any, method: str, exc: Exception) -> None:
-        if isinstance(exc, ArgumentError):
+        if isinstance(exc, TypeError):
             logger.warning("%s: %s", self.label, exc)
         elif not isinstance(exc, QUIET_ERRORS):
             logger.info("%s: %s() raised %r", self.label, method, exc, exc_info=True)
@@ -200,7 +200,7 @@ class ServerProtocol(asyncio.Protocol):
             spec, arguments = self._lookup(method, args)
             if spec.synchronous:
                 raise RemoteProtocolError(f"{method}() must be called synchronously")
-        except (RemoteProtocolError, ArgumentError) as exc:
+        except Exception as exc:
             # An async call cannot be answered: drop a client that sends junk.
             logger.warning("%s: %s; closing", self.label, exc)
             self.close()

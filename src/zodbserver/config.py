@@ -1,0 +1,433 @@
+"""Reading a server's ``zeo.conf`` and opening the storages it names.
+
+The file is the one ZEO's ``runzeo -C`` reads, in ZConfig syntax (the schema
+is ``schema.xml`` beside this module)::
+
+    <zeo>
+      address 127.0.0.1:8100          # or 8100, or /path/to/socket
+      read-only false
+      invalidation-queue-size 100
+      invalidation-age 1h
+      transaction-timeout 300
+      client-conflict-resolution false
+      msgpack true
+      pid-filename var/zeoserver.pid
+      max-frame-size 64MB             # ours; ZEO has no such key
+    </zeo>
+
+    <filestorage 1>                   # any ZODB storage section type
+      path var/filestorage/Data.fs
+      blob-dir var/blobstorage
+    </filestorage>
+
+    <eventlog>                        # ZConfig's logger section
+      <logfile>
+        path var/log/zeoserver.log
+      </logfile>
+    </eventlog>
+
+Every section but the storages is optional.  The storages are served under
+their section names; a single unnamed section is served as ``"1"``, as
+runzeo does.  Differences from ZEO, each in the operator's favour: the
+``<zeo>`` section and its ``address`` may be left out (127.0.0.1:8100), a
+bare port means 127.0.0.1 rather than every interface, and time keys take
+``s``/``m``/``h``/``d`` suffixes.
+
+``msgpack`` left unset: ZEO then reads the environment variable
+``ZEO_MSGPACK`` (non-empty means msgpack) and otherwise uses pickle.  We keep
+the variable's meaning when it is set, so ``ZEO_MSGPACK=`` (empty) selects
+pickle, but with the variable absent we announce msgpack, our default
+encoding (DESIGN.md decision 1).
+
+Errors come out as :class:`~zodbserver.errors.ConfigurationError` whose
+message names the file, the line and the key, and a FileStorage locked by
+another process as :class:`~zodbserver.errors.StorageInUseError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ipaddress
+import itertools
+import os
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zc.lockfile
+import ZConfig
+import ZODB.FileStorage
+import ZODB.interfaces
+
+from .errors import ConfigurationError, StorageInUseError
+from .protocol import DEFAULT_MAX_FRAME_SIZE
+from .server.settings import DEFAULT_HOST, Address, ServerSettings
+
+__all__ = [
+    "ServerConfig",
+    "StorageFactory",
+    "close_storages",
+    "filestorage",
+    "load_config",
+    "msgpack_from_environment",
+    "open_storages",
+    "parse_address",
+]
+
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema.xml")
+
+#: The name a single unnamed storage section is served under.
+DEFAULT_STORAGE_NAME = "1"
+
+
+# -- datatypes named by schema.xml -------------------------------------------
+
+
+def parse_address(value: str) -> Address:
+    """``PORT``, ``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or a socket path.
+
+    A bare port listens on 127.0.0.1 only (DESIGN.md); ``:PORT`` (empty host)
+    listens on every interface; anything containing ``/`` is the path of a
+    Unix socket.
+    """
+    text = value.strip()
+    if not text:
+        raise ValueError("empty address")
+    if "/" in text:
+        return text
+    if ":" not in text:
+        return (DEFAULT_HOST, _port(text, value))
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: {host!r}") from None
+    elif ":" in host:
+        raise ValueError(
+            f"invalid address {value!r}: write an IPv6 address as [HOST]:PORT"
+        )
+    return (host, _port(port, value))
+
+
+def _port(text: str, value: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(
+            f"invalid address {value!r}: expected PORT, HOST:PORT "
+            "or a socket path containing '/'"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"invalid address {value!r}: port {port} out of range")
+    return port
+
+
+def server_address(value: str) -> Address:
+    """ZConfig datatype for ``address``."""
+    return parse_address(value)
+
+
+def non_negative_integer(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must not be negative: {value!r}")
+    return number
+
+
+_SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(value: str) -> float:
+    """A positive number of seconds, optionally with an s/m/h/d suffix."""
+    text = value.strip().lower()
+    factor = 1
+    if text and text[-1] in _SECONDS_PER_UNIT:
+        factor = _SECONDS_PER_UNIT[text[-1]]
+        text = text[:-1]
+    try:
+        number = float(text) * factor
+    except ValueError:
+        raise ValueError(
+            f"not a number of seconds: {value!r} (e.g. 30, 30s, 5m, 1h)"
+        ) from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"must be a positive number of seconds: {value!r}")
+    return number
+
+
+_BYTES_PER_UNIT = {"kb": 1024, "mb": 1024**2, "gb": 1024**3}
+
+
+def frame_size(value: str) -> int:
+    """A byte count of at least 1KB, optionally with a KB/MB/GB suffix."""
+    text = value.strip().lower()
+    factor = 1
+    if text[-2:] in _BYTES_PER_UNIT:
+        factor = _BYTES_PER_UNIT[text[-2:]]
+        text = text[:-2]
+    try:
+        number = int(text) * factor
+    except ValueError:
+        raise ValueError(f"not a byte size: {value!r} (e.g. 1048576, 64MB)") from None
+    if number < 1024:
+        raise ValueError(f"too small for a frame size: {value!r} (at least 1KB)")
+    return number
+
+
+# -- the loaded configuration ------------------------------------------------
+
+
+class StorageFactory:
+    """A storage to be served: its name and how to open it.
+
+    ``path`` is the storage's main file where there is one (a FileStorage's
+    Data.fs), used to name it in error messages.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        opener: Callable[[], ZODB.interfaces.IStorage],
+        path: str | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self._opener = opener
+
+    def open(self) -> ZODB.interfaces.IStorage:
+        return self._opener()
+
+    def __repr__(self) -> str:
+        where = f" at {self.path}" if self.path else ""
+        return f"<StorageFactory {self.name!r}{where}>"
+
+
+def filestorage(name: str, path: str, blob_dir: str | None = None) -> StorageFactory:
+    """A FileStorage at ``path`` (created if missing), with blobs if asked."""
+    opener = functools.partial(ZODB.FileStorage.FileStorage, path, blob_dir=blob_dir)
+    return StorageFactory(name, opener, path)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a server process needs: settings, storages, logging."""
+
+    settings: ServerSettings
+    storages: tuple[StorageFactory, ...]
+    #: ZConfig's ``<eventlog>`` factory; calling it configures the root
+    #: logger.  None when the file has no ``<eventlog>`` section.
+    eventlog: Any | None = None
+    #: The configuration file, if the configuration came from one.
+    filename: str | None = None
+
+    @property
+    def log_files(self) -> tuple[str, ...]:
+        """The files the ``<eventlog>`` section writes to (not STDERR/STDOUT)."""
+        if self.eventlog is None:
+            return ()
+        paths = []
+        for handler in self.eventlog.handler_factories:
+            path = getattr(getattr(handler, "section", None), "path", None)
+            if path and path not in ("STDERR", "STDOUT"):
+                paths.append(path)
+        return tuple(paths)
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _schema() -> Any:
+    return ZConfig.loadSchema(SCHEMA_PATH)
+
+
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Read a zeo.conf; raise ConfigurationError naming file, line and key."""
+    filename = os.fspath(path)
+    if environ is None:
+        environ = os.environ
+    try:
+        root, _handlers = ZConfig.loadConfig(_schema(), filename)
+    except OSError as error:
+        raise ConfigurationError(
+            f"{filename}: cannot read the configuration file: {error.strerror}"
+        ) from error
+    except ZConfig.ConfigurationError as error:
+        raise ConfigurationError(_describe(error, filename)) from error
+
+    storages = _name_storages(root.storages, filename)
+    return ServerConfig(
+        settings=_settings(root.zeo, environ),
+        storages=storages,
+        eventlog=root.eventlog,
+        filename=filename,
+    )
+
+
+def _settings(zeo: Any, environ: Mapping[str, str]) -> ServerSettings:
+    defaults = ServerSettings()
+    if zeo is None:
+        return dataclasses.replace(defaults, msgpack=_msgpack(None, environ))
+    return ServerSettings(
+        address=zeo.address if zeo.address is not None else defaults.address,
+        read_only=zeo.read_only,
+        invalidation_queue_size=zeo.invalidation_queue_size,
+        invalidation_age=zeo.invalidation_age,
+        transaction_timeout=zeo.transaction_timeout,
+        client_conflict_resolution=zeo.client_conflict_resolution,
+        msgpack=_msgpack(zeo.msgpack, environ),
+        max_frame_size=(
+            zeo.max_frame_size
+            if zeo.max_frame_size is not None
+            else DEFAULT_MAX_FRAME_SIZE
+        ),
+        pid_filename=zeo.pid_filename,
+    )
+
+
+def msgpack_from_environment(environ: Mapping[str, str] | None = None) -> bool:
+    """The encoding to announce when no ``msgpack`` key says: see above."""
+    if environ is None:
+        environ = os.environ
+    if "ZEO_MSGPACK" in environ:
+        return bool(environ["ZEO_MSGPACK"])
+    return True
+
+
+def _msgpack(configured: bool | None, environ: Mapping[str, str]) -> bool:
+    return msgpack_from_environment(environ) if configured is None else configured
+
+
+def _name_storages(sections: list[Any], filename: str) -> tuple[StorageFactory, ...]:
+    unnamed = [section for section in sections if section.name is None]
+    names = [section.name for section in sections if section.name is not None]
+    if len(unnamed) > 1:
+        raise ConfigurationError(
+            f"{filename}: {len(unnamed)} storage sections have no name; "
+            "at most one may be unnamed (it is served as storage "
+            f"{DEFAULT_STORAGE_NAME!r}); name the others, e.g. <filestorage 2>"
+        )
+    if unnamed and DEFAULT_STORAGE_NAME in names:
+        raise ConfigurationError(
+            f"{filename}: an unnamed storage section is served as "
+            f"{DEFAULT_STORAGE_NAME!r}, but another section is named "
+            f"{DEFAULT_STORAGE_NAME!r}; name the unnamed one"
+        )
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigurationError(
+            f"{filename}: more than one storage section is named "
+            + ", ".join(repr(name) for name in duplicates)
+        )
+    factories = []
+    for section in sections:
+        name = section.name if section.name is not None else DEFAULT_STORAGE_NAME
+        path = getattr(getattr(section, "config", None), "path", None)
+        factories.append(StorageFactory(name, section.open, path))
+    return tuple(factories)
+
+
+def _describe(error: ZConfig.ConfigurationError, filename: str) -> str:
+    """One line naming file, line and key, from ZConfig's exception."""
+    url = getattr(error, "url", None)
+    source = _url_path(url) if url else filename
+    lineno = getattr(error, "lineno", None)
+    where = f"{source}, line {lineno}" if lineno else source
+    key = _key_at(source, lineno) if lineno else None
+    if isinstance(error, ZConfig.DataConversionError):
+        if key:
+            return f"{where}: bad value for {key!r}: {error.message}"
+        return f"{where}: bad value {error.value!r}: {error.message}"
+    if "zodb.storage" in error.message:
+        return (
+            f"{where}: no storage section; add one, e.g. "
+            "<filestorage 1> path var/filestorage/Data.fs </filestorage>"
+        )
+    if key and key not in error.message:
+        return f"{where}: {key!r}: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def _url_path(url: str) -> str:
+    if url.startswith("file:"):
+        return urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+    return url
+
+
+def _key_at(source: str, lineno: int) -> str | None:
+    """The key (or ``<section>``) written on line ``lineno`` of ``source``."""
+    try:
+        with open(source, encoding="utf-8", errors="replace") as file:
+            line = next(itertools.islice(file, lineno - 1, None), "")
+    except OSError:
+        return None
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    if text.startswith("<"):
+        return text.split(">", 1)[0] + ">"
+    return text.replace("=", " ", 1).split(None, 1)[0]
+
+
+# -- opening and closing the storages ----------------------------------------
+
+
+def open_storages(config: ServerConfig) -> dict[str, ZODB.interfaces.IStorage]:
+    """Open every storage, in file order; all or none.
+
+    If one fails, those already opened are closed again.  A storage whose
+    files another process has locked raises StorageInUseError.
+    """
+    opened: dict[str, ZODB.interfaces.IStorage] = {}
+    try:
+        for factory in config.storages:
+            opened[factory.name] = _open(factory)
+    except BaseException:
+        close_storages(opened)
+        raise
+    return opened
+
+
+def _open(factory: StorageFactory) -> ZODB.interfaces.IStorage:
+    try:
+        return factory.open()
+    except zc.lockfile.LockError as error:
+        path = factory.path or _locked_path(error)
+        raise StorageInUseError(
+            f"storage {factory.name!r}: {path} is locked by another process: "
+            "a running zeoserver, or a Zope instance that opens the file "
+            "directly, holds its lock. Stop that process first; two processes "
+            "must never write the same Data.fs."
+        ) from error
+
+
+def _locked_path(error: zc.lockfile.LockError) -> str:
+    # zc.lockfile says "Couldn't lock '/path/Data.fs.lock'".
+    message = str(error)
+    _, _, quoted = message.partition("lock ")
+    path = quoted.strip("'\"")
+    if path.endswith(".lock"):
+        path = path[: -len(".lock")]
+    return path or message
+
+
+def close_storages(storages: Mapping[str, ZODB.interfaces.IStorage]) -> None:
+    """Close each storage, carrying on past failures; re-raise the first."""
+    first: BaseException | None = None
+    for storage in storages.values():
+        try:
+            storage.close()
+        except Exception as error:
+            first = first or error
+    if first is not None:
+        raise first
