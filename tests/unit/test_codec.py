@@ -604,3 +604,23 @@ def test_builtin_exception_payloads(
     exc: BaseException, expected: tuple[str, Any]
 ) -> None:
     assert exception_payload(exc) == expected
+
+
+class _ExtensionMapping(dict):  # type: ignore[type-arg]
+    """What ZEO clients send for a dict subclass: a REDUCE of builtins.dict."""
+
+    def __reduce__(self) -> Any:
+        return dict, (tuple(self.items()),)
+
+
+def test_pickle_admits_plain_container_constructors() -> None:
+    payload = pickle.dumps((0, True, "tpc_begin", (_ExtensionMapping(a=1),)), 3)
+    assert b"builtins" in payload
+    assert Codec(PICKLE).decode(payload) == (0, True, "tpc_begin", ({"a": 1},))
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, type, object])
+def test_pickle_refuses_other_builtin_types(kind: type) -> None:
+    payload = b"\x80\x03cbuiltins\n" + kind.__name__.encode() + b"\nK\x01\x85R."
+    with pytest.raises(RemoteProtocolError, match="not allowed"):
+        Codec(PICKLE).decode(payload)

@@ -3,11 +3,15 @@
 ``M``  ``msgpack.packb(msg, use_bin_type=True)`` / ``unpackb(raw=False,
        use_list=False)``: bytes stay bytes, str stays str, arrays come back as
        tuples, map keys must be str or bytes, no ext types.
-``Z``  pickle protocol 3.  Decoding admits **no globals at all** -- no class,
-       no function, no extension-registry code -- so a message can only hold
-       plain data (None, bool, int, float, bytes, str, tuple, list, dict).
-       A peer therefore cannot make us construct arbitrary objects or call
-       ``eval`` the way ZEO's own server unpickler allows.
+``Z``  pickle protocol 3.  Decoding resolves a global only through a
+       ``find_global`` policy.  The default, ``plain_data_global``, admits
+       nothing but the plain container types (``dict``, ``list``, ``tuple``,
+       ``set``, ``frozenset`` from ``builtins``, which ZEO clients emit for
+       subclasses such as a transaction's extension mapping); no other class,
+       no function, no extension-registry code.  So a message holds plain data
+       only (None, bool, int, float, bytes, str and those containers), and a
+       peer cannot make us construct arbitrary objects or call ``eval`` the
+       way ZEO's own server unpickler allows.
 
 Exceptions are never sent as objects: an error reply carries
 ``(qualified_class_name, exc.__dict__ or exc.args)``, which ZEO clients map
@@ -20,6 +24,7 @@ import copyreg
 import io
 import pickle
 import pickletools
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -48,11 +53,31 @@ def _refuse_extension_codes(payload: bytes) -> None:
             raise pickle.UnpicklingError("extension codes are not allowed")
 
 
-class _PlainDataUnpickler(pickle.Unpickler):
-    """An unpickler that refuses every global and persistent reference."""
+#: Resolves ``(module, name)`` from a pickle to an object, or raises.
+FindGlobal = Callable[[str, str], Any]
+
+_PLAIN_CONTAINERS: dict[tuple[str, str], type] = {
+    ("builtins", kind.__name__): kind for kind in (dict, list, tuple, set, frozenset)
+}
+
+
+def plain_data_global(module: str, name: str) -> Any:
+    """The default policy: plain container types and nothing else."""
+    try:
+        return _PLAIN_CONTAINERS[module, name]
+    except KeyError:
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed") from None
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves globals through a policy; refuses persistent references."""
+
+    def __init__(self, payload: bytes, find_global: FindGlobal) -> None:
+        super().__init__(io.BytesIO(payload))
+        self._find_global = find_global
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return self._find_global(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("persistent references are not allowed")
@@ -92,12 +117,15 @@ def _without_sets(value: Any) -> Any:
 class Codec:
     """Encode and decode whole message tuples in one encoding."""
 
-    __slots__ = ("encoding", "_packer")
+    __slots__ = ("encoding", "_packer", "_find_global")
 
-    def __init__(self, encoding: bytes) -> None:
+    def __init__(
+        self, encoding: bytes, find_global: FindGlobal = plain_data_global
+    ) -> None:
         if encoding not in ENCODINGS:
             raise LocalProtocolError(f"unknown encoding {encoding!r}")
         self.encoding = encoding
+        self._find_global = find_global
         self._packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
 
     def encode(self, message: tuple[Any, Any, str, Any]) -> bytes:
@@ -122,7 +150,7 @@ class Codec:
                 message = msgpack.unpackb(payload, raw=False, use_list=False)
             else:
                 _refuse_extension_codes(payload)
-                message = _PlainDataUnpickler(io.BytesIO(payload)).load()
+                message = _RestrictedUnpickler(payload, self._find_global).load()
         except RecursionError as exc:
             raise RemoteProtocolError("message nested too deeply") from exc
         except Exception as exc:

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from . import codec as codec_module
-from .codec import ENCODINGS, MSGPACK, Codec
+from .codec import ENCODINGS, MSGPACK, Codec, FindGlobal, plain_data_global
 from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from .messages import (
     HEARTBEAT_MSGID,
@@ -75,8 +75,9 @@ def negotiate_version(announced: bytes) -> bytes:
 class _Connection:
     """What the two ends share: framing, codec and the state."""
 
-    def __init__(self, max_frame_size: int) -> None:
+    def __init__(self, max_frame_size: int, find_global: FindGlobal) -> None:
         self._frames = FrameDecoder(max_frame_size)
+        self._find_global = find_global
         self._codec: Codec | None = None
         self.state = State.HANDSHAKE
         self.protocol: bytes | None = None
@@ -113,7 +114,7 @@ class _Connection:
 
     def _open(self, protocol: bytes) -> None:
         self.protocol = protocol
-        self._codec = Codec(protocol[:1])
+        self._codec = Codec(protocol[:1], self._find_global)
         self.state = State.OPEN
 
     def _encode(self, message: tuple[Any, Any, str, Any]) -> bytes:
@@ -163,7 +164,7 @@ class ServerConnection(_Connection):
         announce: bytes = MSGPACK + PROTOCOL_VERSION,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
-        super().__init__(max_frame_size)
+        super().__init__(max_frame_size, plain_data_global)
         if announce[:1] not in ENCODINGS:
             raise LocalProtocolError(f"cannot announce {announce!r}")
         self.announce = announce
@@ -222,8 +223,14 @@ class ServerConnection(_Connection):
 class ClientConnection(_Connection):
     """The client's end of a connection to a server."""
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        super().__init__(max_frame_size)
+    def __init__(
+        self,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        find_global: FindGlobal = plain_data_global,
+    ) -> None:
+        """``find_global`` decides which pickle globals a ``Z`` server may
+        name in what it sends (ZEO servers pickle some exception objects)."""
+        super().__init__(max_frame_size, find_global)
         self._answer: bytes | None = None
 
     def _receive_handshake(self, payload: bytes) -> Event:

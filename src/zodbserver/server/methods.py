@@ -24,7 +24,6 @@ class ArgumentError(TypeError):
     """An argument does not match its check (internal to this module)."""
 
 
-
 def _describe(value: Any) -> str:
     """Name what was sent without a repr of unbounded size or depth."""
     if isinstance(value, bytes | str):
@@ -204,9 +203,9 @@ METHODS: dict[str, Method] = {
         _text,
         required=4,
     ),
-    "storea": _async(S.storea, _bytes8, _bytes8, _data, _token),
+    "storea": _async(S.storea, _bytes8, _optional_bytes8, _data, _token),
     "checkCurrentSerialInTransaction": _async(
-        S.checkCurrentSerialInTransaction, _bytes8, _bytes8, _token
+        S.checkCurrentSerialInTransaction, _bytes8, _optional_bytes8, _token
     ),
     "deleteObject": _async(S.deleteObject, _bytes8, _bytes8, _token),
     "restorea": _async(

@@ -1,0 +1,165 @@
+"""The persistent client cache file: a snapshot of ``ClientCache``.
+
+The cache lives in memory while the client runs; this file carries it from
+one run to the next.  It is written whole when the storage closes (to a
+temporary file, fsynced, then renamed over the old one) and read whole when
+the storage opens.  A snapshot is consistent by construction: it is taken
+under the cache lock, so its records are exactly what the cache held at its
+last tid.  After a crash the previous snapshot is simply older, and the
+verification on connect (``getInvalidations``) brings it up to date.
+
+Format (all integers big-endian)::
+
+    magic     b"ZSC1"
+    last_tid  8 bytes
+    records   any number of:
+                b"r", oid (8), start (8), end (8, z64 = current),
+                data length (4), data
+    trailer   b"e", record count (8), CRC-32 of every byte before it (4)
+
+Records are in least-recently-used-first order, so eviction order survives.
+A file that does not parse, or whose count or checksum is wrong, raises
+``CorruptCacheFile``; the storage then moves it aside as ``<name>.bad``,
+logs a warning and starts with an empty cache.
+
+The file is guarded by ``<name>.lock`` (``zc.lockfile``): a second process
+asking for the same cache file gets ``StorageInUseError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+
+import zc.lockfile
+from ZODB.utils import z64
+
+from ..errors import StorageInUseError, ZodbServerError
+from .cache import CacheRecord, ClientCache
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"ZSC1"
+_RECORD = struct.Struct(">c8s8s8sI")
+_TRAILER = struct.Struct(">cQI")
+
+
+class CorruptCacheFile(ZodbServerError):
+    """A cache file's bytes are not a valid snapshot."""
+
+
+def encode_cache(last_tid: bytes, records: Iterable[CacheRecord]) -> bytes:
+    parts = [MAGIC, last_tid]
+    count = 0
+    for record in records:
+        parts.append(
+            _RECORD.pack(
+                b"r", record.oid, record.start, record.end or z64, len(record.data)
+            )
+        )
+        parts.append(record.data)
+        count += 1
+    body = b"".join(parts)
+    return body + _TRAILER.pack(b"e", count, zlib.crc32(body))
+
+
+def decode_cache(data: bytes) -> tuple[bytes, list[CacheRecord]]:
+    """``(last_tid, records)`` from a file's bytes; ``CorruptCacheFile`` else."""
+    header = len(MAGIC) + 8
+    if len(data) < header + _TRAILER.size or data[: len(MAGIC)] != MAGIC:
+        raise CorruptCacheFile("not a zodbserver cache file")
+    body_end = len(data) - _TRAILER.size
+    marker, count, checksum = _TRAILER.unpack_from(data, body_end)
+    if marker != b"e" or zlib.crc32(data[:body_end]) != checksum:
+        raise CorruptCacheFile("cache file checksum mismatch")
+    last_tid = data[len(MAGIC) : header]
+    records: list[CacheRecord] = []
+    position = header
+    while position < body_end:
+        if body_end - position < _RECORD.size:
+            raise CorruptCacheFile(f"truncated record at byte {position}")
+        marker, oid, start, end, size = _RECORD.unpack_from(data, position)
+        position += _RECORD.size
+        if marker != b"r" or position + size > body_end:
+            raise CorruptCacheFile(f"bad record at byte {position - _RECORD.size}")
+        if end != z64 and end <= start:
+            raise CorruptCacheFile(f"record ends before it starts at {position}")
+        records.append(
+            CacheRecord(
+                oid,
+                start,
+                None if end == z64 else end,
+                data[position : position + size],
+            )
+        )
+        position += size
+    if len(records) != count:
+        raise CorruptCacheFile("cache file record count mismatch")
+    return last_tid, records
+
+
+class CacheFile:
+    """The locked file a ``ClientCache`` is saved to and loaded from."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        try:
+            self._lock: zc.lockfile.LockFile | None = zc.lockfile.LockFile(
+                self.path + ".lock"
+            )
+        except zc.lockfile.LockError as exc:
+            raise StorageInUseError(
+                f"the cache file {self.path} is in use by another process"
+            ) from exc
+
+    def load_into(self, cache: ClientCache) -> None:
+        """Fill ``cache`` from the file, if there is a valid one."""
+        try:
+            with open(self.path, "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            logger.info("creating the cache file %s", self.path)
+            return
+        try:
+            last_tid, records = decode_cache(data)
+        except CorruptCacheFile as exc:
+            logger.warning(
+                "the cache file %s is damaged (%s); moved to %s.bad, starting empty",
+                self.path,
+                exc,
+                self.path,
+            )
+            os.replace(self.path, self.path + ".bad")
+            return
+        cache.restore(last_tid, records)
+        logger.info("reusing the cache file %s (%d records)", self.path, len(cache))
+
+    def save(self, cache: ClientCache) -> None:
+        """Write a snapshot of ``cache`` atomically."""
+        with cache.lock:
+            data = encode_cache(cache.get_last_tid(), cache.records())
+        temporary = self.path + ".tmp"
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.path)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def cache_path(
+    cache: str | None, client: str | None, var: str | None, storage: str
+) -> str | None:
+    """Where the persistent cache lives, as ZEO decides it (or ``None``)."""
+    if cache is not None:
+        return cache
+    if client:
+        return os.path.join(var or os.getcwd(), f"{client}-{storage}.zec")
+    return None

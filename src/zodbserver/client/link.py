@@ -1,0 +1,210 @@
+"""One socket to one server: framing, pending calls, and nothing else.
+
+``ServerLink`` is the asyncio protocol for a single connection.  It feeds the
+bytes it receives to a sans-IO ``protocol.ClientConnection`` and acts on the
+events that come out:
+
+* ``Handshake``: answer with the server's letter and tell the owner, which
+  then pipelines ``register``.
+* ``Reply`` / ``ErrorReply``: complete the pending call with that msgid.  A
+  call may carry an ``on_result`` hook that runs *right here*, before the
+  next frame is handled; the cache depends on that (a ``loadBefore`` result
+  must be cached before a later ``invalidateTransaction`` is applied).
+* ``AsyncCall``: hand it to the owner, which dispatches by a fixed table.
+
+Everything here runs on the connection thread's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import ProtocolError
+from ..protocol import (
+    AsyncCall,
+    ClientConnection,
+    ErrorReply,
+    Event,
+    Handshake,
+    Reply,
+    State,
+)
+from .codec import exception_global
+from .exceptions import EXPECTED_ERRORS, ClientDisconnected, exception_from_reply
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int] | str
+
+
+class LinkOwner(Protocol):
+    """What a link reports to (the ``ConnectionManager``)."""
+
+    def link_handshaken(self, link: ServerLink) -> None: ...
+
+    def link_message(
+        self, link: ServerLink, method: str, args: tuple[Any, ...]
+    ) -> None: ...
+
+    def link_lost(self, link: ServerLink, exc: BaseException | None) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Any]
+    on_result: Callable[[Any], Any] | None
+
+
+class ServerLink(asyncio.Protocol):
+    """The connection to one server address."""
+
+    def __init__(self, address: Address, owner: LinkOwner) -> None:
+        self.address = address
+        self._owner = owner
+        self._connection = ClientConnection(find_global=exception_global)
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[Any, _Pending] = {}
+        self._last_msgid = 0
+        self._lost = False
+        self.read_only = False
+        self.protocol_version: bytes | None = None
+        #: Invalidations received before this link became the active one.
+        self.early_invalidations: list[tuple[bytes, list[bytes]]] | None = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"<ServerLink {self.address!r}>"
+
+    # -- asyncio.Protocol ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self._connection.receive_data(data)
+        except ProtocolError as exc:
+            logger.error("%r sent bad data: %s", self, exc)
+            self.close()
+            return
+        for event in events:
+            if self._lost:
+                return
+            self._handle(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._connection.close()
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(
+                    ClientDisconnected(f"connection to {self.address!r} lost")
+                )
+        if not self.done.done():
+            self.done.set_result(None)
+        self._owner.link_lost(self, exc)
+
+    # -- events ----------------------------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Reply):
+            self._complete(event.msgid, event.result, None)
+        elif isinstance(event, ErrorReply):
+            exc = exception_from_reply(event.class_name, event.payload)
+            if not isinstance(exc, EXPECTED_ERRORS):
+                logger.error(
+                    "%r: %s from server: %r", self, event.class_name, event.payload
+                )
+            self._complete(event.msgid, None, exc)
+        elif isinstance(event, AsyncCall):
+            self._owner.link_message(self, event.method, event.args)
+        elif isinstance(event, Handshake):
+            self.protocol_version = self._connection.protocol
+            self._write(self._connection.handshake())
+            self._owner.link_handshaken(self)
+        else:
+            logger.error("%r: unexpected %r from the server", self, event)
+            self.close()
+
+    def _complete(self, msgid: Any, result: Any, exc: BaseException | None) -> None:
+        entry = self._pending.pop(msgid, None)
+        if entry is None:
+            logger.warning("%r: reply to unknown message %r dropped", self, msgid)
+            return
+        if exc is None and entry.on_result is not None:
+            try:
+                result = entry.on_result(result)
+            except Exception as hook_error:
+                exc = hook_error
+        if entry.future.done():
+            return
+        if exc is None:
+            entry.future.set_result(result)
+        else:
+            entry.future.set_exception(exc)
+
+    # -- sending ---------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return not self._lost and self._connection.state is State.OPEN
+
+    def call(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        *,
+        msgid: Any = None,
+        on_result: Callable[[Any], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Send a synchronous call; the future completes with its reply.
+
+        Calls with an explicit ``msgid`` that is already in flight share the
+        first call's future (ZEO's trick for identical ``loadBefore``s).
+        """
+        if msgid is not None and msgid in self._pending:
+            return self._pending[msgid].future
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self.is_open:
+            future.set_exception(
+                ClientDisconnected(f"not connected to {self.address!r}")
+            )
+            return future
+        if msgid is None:
+            self._last_msgid += 1
+            msgid = self._last_msgid
+        self._pending[msgid] = _Pending(future, on_result)
+        self._write(self._connection.call(msgid, method, args))
+        return future
+
+    def call_async(self, method: str, args: tuple[Any, ...]) -> None:
+        if not self.is_open:
+            raise ClientDisconnected(f"not connected to {self.address!r}")
+        self._write(self._connection.call_async(method, args))
+
+    def heartbeat(self) -> None:
+        if self.is_open:
+            self._write(self._connection.heartbeat())
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def peername(self) -> Any:
+        if self._transport is None:
+            return None
+        return self._transport.get_extra_info("peername") or self.address
+
+    def close(self) -> None:
+        """Close the socket; ``connection_lost`` follows and fails pending calls."""
+        if self._transport is not None:
+            self._transport.close()
+        elif not self.done.done():
+            self._lost = True
+            self.done.set_result(None)
