@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
 
@@ -60,12 +60,12 @@ class ServerProtocol(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.label = _address_label(peer)
         self._connections.add(self)
-        transport.write(self.connection.greeting())
+        self._transport.write(self.connection.greeting())
 
     def data_received(self, data: bytes) -> None:
         self._batch = batch = list[bytes]()
