@@ -68,7 +68,7 @@ class ServerProtocol(asyncio.Protocol):
         self._transport.write(self.connection.greeting())
 
     def data_received(self, data: bytes) -> None:
-        self._batch = batch = list[bytes]()
+        self._batch = []
         try:
             events = self.connection.receive_data(data)
             for event in events:
@@ -79,13 +79,7 @@ class ServerProtocol(asyncio.Protocol):
             logger.warning("%s: protocol error, closing: %s", self.label, exc)
             self.close()
         finally:
-            self._batch = None
-            if (
-                batch
-                and self._transport is not None
-                and not self._transport.is_closing()
-            ):
-                self._transport.writelines(batch)
+            self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -112,10 +106,17 @@ class ServerProtocol(asyncio.Protocol):
             self._write(self.connection.call_async(method, args))
 
     def close(self) -> None:
+        """Close after writing what is already queued (e.g. a ruok answer)."""
         if self._transport is not None and not self.closed:
+            self._flush()
             self.closed = True
             self.connection.close()
             self._transport.close()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch and self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(batch)
 
     # -- dispatch -------------------------------------------------------------
 
