@@ -69,7 +69,7 @@ from zodbserver.server.settings import ServerSettings
 path, options = sys.argv[1], json.loads(sys.argv[2])
 if isinstance(options["address"], list):
     options["address"] = tuple(options["address"])
-storage = FileStorage(path, read_only=options.pop("storage_read_only", False))
+storage = FileStorage(path, blob_dir=options.pop("blob_dir"))
 
 def ready(address):
     print("LISTENING", json.dumps(address), flush=True)
@@ -92,8 +92,6 @@ def _ours(msgpack: bool) -> ServerStarter:
 
         from zodbserver.server.thread import ServerThread
 
-        if blob_dir is not None:
-            raise ValueError("blobs are not served yet")
         settings = dict(
             options,
             msgpack=msgpack,
@@ -101,9 +99,10 @@ def _ours(msgpack: bool) -> ServerStarter:
             address=port if isinstance(port, str) else ("127.0.0.1", port),
         )
         if not process:
-            server = ServerThread({"1": FileStorage(path)}, **settings)
+            storage = FileStorage(path, blob_dir=blob_dir)
+            server = ServerThread({"1": storage}, **settings)
             return server.start(), server.stop
-        return _process(path, settings)
+        return _process(path, dict(settings, blob_dir=blob_dir))
 
     return start
 
@@ -144,5 +143,5 @@ SERVERS: dict[str, ServerStarter] = {
     "ours-Z5": _ours(msgpack=False),
 }
 
-#: Servers that serve blobs (ours gains them with blob support).
-BLOB_SERVERS = {name: SERVERS[name] for name in ("zeo-M5", "zeo-Z5")}
+#: Servers that serve blobs: all of them.
+BLOB_SERVERS = SERVERS

@@ -94,7 +94,6 @@ CHECK_READ = "checkread"
 DELETE = "delete"
 RESTORE = "restore"
 UNDO = "undo"
-STORE_BLOB = "store_blob"
 
 
 @dataclass
@@ -106,6 +105,9 @@ class PendingTransaction:
     tid: bytes | None = None
     status: str = " "
     operations: list[tuple[Any, ...]] = field(default_factory=list)
+    #: (oid, serial, data, path): replayed after ``operations``, so that a
+    #: blob store wins over the plain store ZEO clients send before it.
+    blobs: list[tuple[bytes, bytes | None, bytes, str]] = field(default_factory=list)
     stores: int = 0
     voted: bool = False
     locked: bool = False

@@ -212,6 +212,14 @@ METHODS: dict[str, Method] = {
         S.restorea, _bytes8, _bytes8, _optional_data, _optional_bytes8, _token
     ),
     "undoa": _async(S.undoa, _data, _token),
+    # blobs
+    "storeBlobStart": _async(S.storeBlobStart),
+    "storeBlobChunk": _async(S.storeBlobChunk, _data),
+    "storeBlobEnd": _async(S.storeBlobEnd, _bytes8, _optional_bytes8, _data, _token),
+    "storeBlobShared": _async(
+        S.storeBlobShared, _bytes8, _optional_bytes8, _data, _text, _token
+    ),
+    "sendBlob": _sync(S.sendBlob, _bytes8, _bytes8),
     "vote": _sync(S.vote, _token),
     "tpc_finish": _sync(S.tpc_finish, _token),
     "tpc_abort": _sync(S.tpc_abort, _token),
@@ -226,5 +234,9 @@ TRANSACTION_CALLS = frozenset(
         "deleteObject",
         "restorea",
         "undoa",
+        "storeBlobStart",
+        "storeBlobChunk",
+        "storeBlobEnd",
+        "storeBlobShared",
     }
 )

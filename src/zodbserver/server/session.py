@@ -37,6 +37,7 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
 from . import commit
+from .blobs import BlobUpload, blob_storage, remove_quietly, shared_blob_path
 from .commit import PendingTransaction
 from .storage_server import HostedStorage, StorageServer
 
@@ -49,6 +50,8 @@ class Peer(Protocol):
     label: str
 
     def send_async(self, method: str, args: tuple[Any, ...]) -> None: ...
+
+    async def send_blob(self, oid: bytes, serial: bytes, path: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -77,6 +80,7 @@ class Session:
         self._vote_result: VoteResult | None = None
         self._async_error: Exception | None = None
         self._storage_busy = False
+        self._upload: BlobUpload | None = None
         self._iterators: dict[int, Iterator[Any]] = {}
         self._last_transaction_info: dict[int, Any] = {}
         self._iterator_ids = itertools.count(1)
@@ -323,6 +327,46 @@ class Session:
     def undoa(self, undo_id: bytes, token: Any) -> None:
         self._pending(token).add(commit.UNDO, undo_id)
 
+    def storeBlobStart(self) -> None:  # noqa: N802 - wire name
+        if self.transaction is None or self.read_only:
+            raise StorageTransactionError("storeBlobStart outside a transaction")
+        self._discard_upload()
+        self._upload = BlobUpload(self.storage)
+
+    def storeBlobChunk(self, chunk: bytes) -> None:  # noqa: N802
+        if self._upload is None:
+            raise StorageTransactionError("storeBlobChunk without storeBlobStart")
+        self._upload.write(chunk)
+
+    def storeBlobEnd(  # noqa: N802
+        self, oid: bytes, serial: bytes | None, data: bytes, token: Any
+    ) -> None:
+        upload, self._upload = self._upload, None
+        if upload is None:
+            raise StorageTransactionError("storeBlobEnd without storeBlobStart")
+        path = upload.finish()
+        try:
+            txn = self._pending(token)
+        except Exception:
+            remove_quietly(path)
+            raise
+        txn.blobs.append((oid, serial, data, path))
+
+    def storeBlobShared(  # noqa: N802
+        self, oid: bytes, serial: bytes | None, data: bytes, name: str, token: Any
+    ) -> None:
+        txn = self._pending(token)
+        txn.blobs.append((oid, serial, data, shared_blob_path(self.storage, oid, name)))
+
+    async def sendBlob(self, oid: bytes, serial: bytes) -> None:  # noqa: N802
+        path = blob_storage(self.storage).loadBlob(oid, serial)
+        await self.peer.send_blob(oid, serial, path)
+
+    def _discard_upload(self) -> None:
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            upload.discard()
+
     def async_call_failed(self, method: str, exc: Exception) -> None:
         """An async transaction call failed: report it at the vote."""
         logger.info("%s: %s failed: %r", self.peer.label, method, exc)
@@ -384,22 +428,25 @@ class Session:
         result = VoteResult([], [], [])
         conflicts: dict[bytes, dict[str, Any]] = {}
         try:
+
+            def store(oid: bytes, serial: Any, data: bytes, path: str | None) -> None:
+                try:
+                    if path is None:
+                        storage.store(oid, serial, data, "", metadata)
+                    else:
+                        storage.storeBlob(oid, serial, data, path, "", metadata)
+                except ConflictError as err:
+                    if not (client_resolves and err.serials):
+                        raise
+                    conflicts[oid] = {"oid": oid, "serials": err.serials, "data": data}
+                else:
+                    conflicts.pop(oid, None)
+                    result.invalidated.append(oid)
+
             for operation, *args in txn.operations:
                 if operation == commit.STORE:
                     oid, serial, data = args
-                    try:
-                        storage.store(oid, serial, data, "", metadata)
-                    except ConflictError as err:
-                        if not (client_resolves and err.serials):
-                            raise
-                        conflicts[oid] = {
-                            "oid": oid,
-                            "serials": err.serials,
-                            "data": data,
-                        }
-                    else:
-                        conflicts.pop(oid, None)
-                        result.invalidated.append(oid)
+                    store(oid, serial, data, None)
                 elif operation == commit.CHECK_READ:
                     storage.checkCurrentSerialInTransaction(*args, metadata)
                 elif operation == commit.DELETE:
@@ -413,6 +460,8 @@ class Session:
                     _, oids = storage.undo(args[0], metadata)
                     result.invalidated.extend(oids)
                     result.resolved.extend(oids)
+            for oid, serial, data, path in txn.blobs:
+                store(oid, serial, data, path)
             if not conflicts:
                 resolved = storage.tpc_vote(metadata)
                 if resolved:
@@ -478,11 +527,15 @@ class Session:
             self._end_transaction(aborted=True)
 
     def _end_transaction(self, *, aborted: bool) -> None:
-        if self.transaction is None:
+        txn = self.transaction
+        if txn is None:
             return
         hosted = self._hosted
         self.transaction = None
         self._vote_result = None
+        self._discard_upload()
+        for _, _, _, path in txn.blobs:
+            remove_quietly(path)  # what the storage did not take
         hosted.stats.active_txns -= 1
         if aborted:
             hosted.stats.aborts += 1
@@ -503,6 +556,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self._discard_upload()
         for iid in list(self._iterators):
             self._forget_iterator(iid)
         hosted = self.hosted

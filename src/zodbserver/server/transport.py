@@ -31,11 +31,15 @@ from ..protocol import (
     StatusProbe,
 )
 from ..protocol.connection import State
+from .blobs import BLOB_CHUNK_SIZE
 from .methods import METHODS, TRANSACTION_CALLS
 from .session import Session
 from .storage_server import StorageServer
 
 logger = logging.getLogger(__name__)
+
+#: Bytes read from a blob file at a time (then sent in chunks).
+BLOB_READ_SIZE = 16 * BLOB_CHUNK_SIZE
 
 #: Errors that are part of normal operation and not worth a traceback.
 QUIET_ERRORS = (POSKeyError, ConflictError, ReadConflictError)
@@ -56,6 +60,9 @@ class ServerProtocol(asyncio.Protocol):
         self.closed = False
         #: Done once ``connection_lost`` has run.
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: Set while the transport's send buffer is below its high-water mark.
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -88,14 +95,17 @@ class ServerProtocol(asyncio.Protocol):
         if exc is not None:
             logger.info("%s: connection lost: %s", self.label, exc)
         self.session.disconnected()
+        self._writable.set()  # wake a blob download so that it ends
         if not self.lost.done():
             self.lost.set_result(None)
 
     def pause_writing(self) -> None:
+        self._writable.clear()
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writable.set()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
@@ -104,6 +114,28 @@ class ServerProtocol(asyncio.Protocol):
     def send_async(self, method: str, args: tuple[Any, ...]) -> None:
         if not self.closed and self.connection.state is State.OPEN:
             self._write(self.connection.call_async(method, args))
+
+    async def send_blob(self, oid: bytes, serial: bytes, path: str) -> None:
+        """Stream a blob file as receiveBlobStart/Chunk/Stop calls.
+
+        Reads happen in a thread, a few chunks at a time, and we wait for the
+        send buffer to drain between reads: memory stays bounded whatever the
+        blob's size, and other clients are served meanwhile.
+        """
+        self.send_async("receiveBlobStart", (oid, serial))
+        stream = await asyncio.to_thread(open, path, "rb")
+        try:
+            while not self.closed:
+                data = await asyncio.to_thread(stream.read, BLOB_READ_SIZE)
+                if not data:
+                    break
+                for start in range(0, len(data), BLOB_CHUNK_SIZE):
+                    chunk = data[start : start + BLOB_CHUNK_SIZE]
+                    self.send_async("receiveBlobChunk", (oid, serial, chunk))
+                await self._writable.wait()
+        finally:
+            stream.close()
+        self.send_async("receiveBlobStop", (oid, serial))
 
     def close(self) -> None:
         """Close after writing what is already queued (e.g. a ruok answer)."""
