@@ -31,7 +31,7 @@ def test_shutdown_aborts_open_transactions_and_saves_the_index(tmp_path: Path) -
     committed = db.storage.lastTransaction()
     db.close()
 
-    holder = ZEO.client(address, wait_timeout=10)
+    holder = ZEO.client(address, wait_timeout=2)
     unfinished_oid = holder.new_oid()
     txn = TransactionMetaData()
     holder.tpc_begin(txn)
