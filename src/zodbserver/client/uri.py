@@ -1,0 +1,179 @@
+"""The ``zodbserver://`` URI scheme, for zodburi (Pyramid, pyramid_zodbconn).
+
+The package registers :func:`resolve` as the ``zodbserver`` entry point of
+the ``zodburi.resolvers`` group, so ``zodburi.resolve_uri`` understands::
+
+    zodbserver://HOST:PORT?PARAMETERS
+    zodbserver://HOST1:PORT1,HOST2:PORT2?PARAMETERS   several servers
+    zodbserver://[::1]:8100?PARAMETERS                IPv6
+    zodbserver:///path/to/socket?PARAMETERS           a Unix socket
+
+The port defaults to 8100 and the host to 127.0.0.1, as for the server.
+A URI with a host names TCP servers (a path after it may only be ``/``);
+one without (three slashes) names a Unix socket, percent-encoded if need be.
+
+Parameters are the keys of the ``<clientstorage>`` configuration section
+with ``_`` for ``-``, and take the same values:
+
+    storage, name, client, var, cache_path, blob_dir, client_label (text);
+    cache_size, blob_cache_size (bytes: 20MB, 500KB, 1048576);
+    read_only, read_only_fallback, shared_blob_dir, server_sync, wait
+    (true/false, on/off, yes/no, 1/0);
+    wait_timeout, min_disconnect_poll, max_disconnect_poll (seconds: 30,
+    30s, 5m); blob_cache_size_check (a percentage).
+
+For example ``zodbserver://db.example:8100?storage=main&cache_size=200MB
+&client=web&var=/var/cache/zodb&database_name=main``.
+
+``database_name`` and ``connection_*`` parameters (``connection_cache_size``,
+``connection_pool_size``, ...) are zodburi's: they are returned, unconverted,
+as the keyword arguments for ``ZODB.DB``.  Any other parameter, a repeated
+one, or a value that does not parse raises
+:class:`~zodbserver.errors.ConfigurationError` naming it.
+"""
+
+from __future__ import annotations
+
+import functools
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigurationError
+from .link import Address
+from .storage import ClientStorage
+from .zconfig import (
+    parse_boolean,
+    parse_byte_size,
+    parse_percentage,
+    parse_seconds,
+)
+
+__all__ = ["DEFAULT_PORT", "SCHEME", "resolve"]
+
+SCHEME = "zodbserver"
+DEFAULT_PORT = 8100
+DEFAULT_HOST = "127.0.0.1"
+
+
+def _text(value: str) -> str:
+    return value
+
+
+#: URI parameter -> (ClientStorage keyword, value parser)
+_PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "storage": ("storage", _text),
+    "name": ("name", _text),
+    "client": ("client", _text),
+    "var": ("var", _text),
+    "cache_path": ("cache", _text),
+    "blob_dir": ("blob_dir", _text),
+    "client_label": ("client_label", _text),
+    "cache_size": ("cache_size", parse_byte_size),
+    "blob_cache_size": ("blob_cache_size", parse_byte_size),
+    "blob_cache_size_check": ("blob_cache_size_check", parse_percentage),
+    "read_only": ("read_only", parse_boolean),
+    "read_only_fallback": ("read_only_fallback", parse_boolean),
+    "shared_blob_dir": ("shared_blob_dir", parse_boolean),
+    "server_sync": ("server_sync", parse_boolean),
+    "wait": ("wait", parse_boolean),
+    "wait_timeout": ("wait_timeout", parse_seconds),
+    "min_disconnect_poll": ("min_disconnect_poll", parse_seconds),
+    "max_disconnect_poll": ("max_disconnect_poll", parse_seconds),
+}
+
+
+def _is_database_parameter(name: str) -> bool:
+    return name == "database_name" or name.startswith("connection_")
+
+
+def resolve(uri: str) -> tuple[Callable[[], ClientStorage], dict[str, str]]:
+    """zodburi's resolver: ``(storage factory, ZODB.DB keyword arguments)``.
+
+    Nothing is dialed here; calling the factory opens the ``ClientStorage``.
+    """
+    parts = _split(uri)
+    addresses = _addresses(uri, parts)
+    options, database_options = _parameters(uri, parts.query)
+    factory = functools.partial(ClientStorage, addresses, **options)
+    return factory, database_options
+
+
+def _split(uri: str) -> urllib.parse.SplitResult:
+    scheme, sep, _rest = uri.partition("://")
+    if not sep or scheme.lower() != SCHEME:
+        raise ConfigurationError(f"not a {SCHEME}:// URI: {uri!r}")
+    try:
+        # urlsplit learns nothing from the scheme but must not choke on it.
+        parts = urllib.parse.urlsplit("http" + uri[len(scheme) :])
+    except ValueError as error:
+        raise ConfigurationError(f"{uri!r}: {error}") from None
+    if parts.fragment:
+        raise ConfigurationError(f"{uri!r}: a {SCHEME} URI takes no #fragment")
+    return parts
+
+
+def _addresses(uri: str, parts: urllib.parse.SplitResult) -> list[Address]:
+    if not parts.netloc:
+        path = urllib.parse.unquote(parts.path)
+        if not path or path == "/":
+            raise ConfigurationError(f"{uri!r}: no server address or socket path")
+        return [path]
+    if parts.path not in ("", "/"):
+        raise ConfigurationError(
+            f"{uri!r}: a path after the server address; for a Unix socket "
+            f"write {SCHEME}:///path/to/socket"
+        )
+    if "@" in parts.netloc:
+        raise ConfigurationError(f"{uri!r}: a {SCHEME} URI takes no user name")
+    return [_host_port(uri, item) for item in parts.netloc.split(",")]
+
+
+def _host_port(uri: str, item: str) -> tuple[str, int]:
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigurationError(f"{uri!r}: bad IPv6 address {item!r}")
+        port = rest[1:]
+    else:
+        host, _colon, port = item.partition(":")
+        if ":" in port:
+            raise ConfigurationError(
+                f"{uri!r}: write an IPv6 address in brackets: [{item}]"
+            )
+    if not port:
+        return (host or DEFAULT_HOST, DEFAULT_PORT)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"{uri!r}: bad port {port!r} in {item!r}")
+    return (host or DEFAULT_HOST, int(port))
+
+
+def _parameters(uri: str, query: str) -> tuple[dict[str, Any], dict[str, str]]:
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query, keep_blank_values=True, strict_parsing=bool(query)
+        )
+    except ValueError as error:
+        raise ConfigurationError(f"{uri!r}: bad query string: {error}") from None
+    options: dict[str, Any] = {}
+    database_options: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name in seen:
+            raise ConfigurationError(f"{uri!r}: parameter {name!r} given twice")
+        seen.add(name)
+        if _is_database_parameter(name):
+            database_options[name] = value
+            continue
+        if name not in _PARAMETERS:
+            raise ConfigurationError(
+                f"{uri!r}: unknown parameter {name!r}; known: "
+                + ", ".join(sorted(_PARAMETERS))
+                + ", database_name, connection_*"
+            )
+        keyword, parse = _PARAMETERS[name]
+        try:
+            options[keyword] = parse(value)
+        except ValueError as error:
+            raise ConfigurationError(f"{uri!r}: {name}: {error}") from None
+    return options, database_options
