@@ -70,6 +70,8 @@ class ServerLink(asyncio.Protocol):
         self._pending: dict[Any, _Pending] = {}
         self._last_msgid = 0
         self._lost = False
+        #: What made us close the connection ourselves, if anything did.
+        self._failure: BaseException | None = None
         self.read_only = False
         self.protocol_version: bytes | None = None
         #: Invalidations received before this link became the active one.
@@ -90,6 +92,7 @@ class ServerLink(asyncio.Protocol):
             events = self._connection.receive_data(data)
         except ProtocolError as exc:
             logger.error("%r sent bad data: %s", self, exc)
+            self._failure = exc
             self.close()
             return
         for event in events:
@@ -108,7 +111,7 @@ class ServerLink(asyncio.Protocol):
                 )
         if not self.done.done():
             self.done.set_result(None)
-        self._owner.link_lost(self, exc)
+        self._owner.link_lost(self, exc or self._failure)
 
     # -- events ----------------------------------------------------------
 

@@ -119,6 +119,8 @@ class ConnectionManager:
         #: generation cannot continue in another.
         self.generation = 0
         self.verify_result: str | None = None
+        #: Why the last attempt to connect failed, for ClientDisconnected.
+        self.last_failure: str | None = None
         self._connected = asyncio.Event()
         self._register_lock = asyncio.Lock()
         self._maintainers: dict[Address, asyncio.Task[None]] = {}
@@ -231,6 +233,7 @@ class ConnectionManager:
                     )
         except (OSError, TimeoutError) as exc:
             logger.info("connection to %r failed: %s", address, exc)
+            self.last_failure = f"connection to {address!r} failed: {exc}"
             return None
         assert link is not None
         self._links.add(link)
@@ -250,6 +253,7 @@ class ConnectionManager:
                 server_tid = await self._register_call(link)
             except Exception as exc:
                 logger.warning("registration with %r failed: %r", link.address, exc)
+                self.last_failure = f"registration with {link.address!r} failed: {exc}"
                 self._retry_delay[link] = self.register_failed_poll
                 link.close()
                 return
@@ -357,6 +361,8 @@ class ConnectionManager:
 
     def link_lost(self, link: ServerLink, exc: BaseException | None) -> None:
         self._links.discard(link)
+        if exc is not None:
+            self.last_failure = f"connection to {link.address!r} lost: {exc}"
         if link is self.active:
             logger.info("disconnected from %r: %s", link.address, exc or "closed")
             self._deactivate(link)
@@ -456,7 +462,8 @@ class ConnectionManager:
                 return self.active
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise ClientDisconnected("timed out waiting for a connection")
+                reason = f" ({self.last_failure})" if self.last_failure else ""
+                raise ClientDisconnected(f"timed out waiting for a connection{reason}")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._connected.wait()
