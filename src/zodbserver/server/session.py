@@ -33,8 +33,9 @@ from ZODB.POSException import (
     ReadOnlyError,
     StorageTransactionError,
 )
+from ZODB.serialize import referencesf
 from ZODB.TimeStamp import TimeStamp
-from ZODB.utils import p64, u64
+from ZODB.utils import p64, u64, z64
 
 from . import commit
 from .blobs import BlobUpload, blob_storage, remove_quietly, shared_blob_path
@@ -126,7 +127,7 @@ class Session:
         self.read_only = self.read_only or bool(read_only) or hosted.read_only
         self.hosted = hosted
         hosted.sessions.add(self)
-        self.last_tid = hosted.storage.lastTransaction() or commit_z64
+        self.last_tid = hosted.storage.lastTransaction() or z64
         logger.info(
             "%s: registered for storage %r (%s)",
             self.peer.label,
@@ -139,7 +140,7 @@ class Session:
         return self._hosted.info()
 
     def lastTransaction(self) -> bytes:  # noqa: N802 - wire name
-        return self.storage.lastTransaction() or commit_z64
+        return self.storage.lastTransaction() or z64
 
     def ping(self) -> None:
         return None
@@ -582,7 +583,6 @@ class Session:
             self._end_transaction(aborted=True)
 
 
-commit_z64 = b"\0" * 8
 background_tasks: set[asyncio.Future[Any]] = set()
 
 
@@ -599,6 +599,4 @@ def _scan_invalidations(storage: Any, tid: bytes) -> tuple[bytes, list[bytes]] |
 
 
 def _pack(storage: Any, t: float) -> None:
-    from ZODB.serialize import referencesf
-
     storage.pack(t, referencesf)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import zope.interface
 from ZODB.POSException import ConflictError
 from ZODB.serialize import referencesf
+from ZODB.utils import z64
 
 from .commit import CommitLock
 from .invalidations import InvalidationQueue
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Z64 = b"\0" * 8
 
 
 def _refuse_conflict_resolution(
@@ -64,7 +64,7 @@ class HostedStorage:
         self.invalidations = InvalidationQueue.from_storage(
             settings.invalidation_queue_size,
             storage,
-            storage.lastTransaction() or Z64,
+            storage.lastTransaction() or z64,
         )
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"storage {name}")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -116,7 +116,7 @@ class HostedStorage:
             waiting=lock.waiting,
             lock_time=lock.locked_since,
             timeout_active=lock.timeout is not None,
-            last_transaction=self.storage.lastTransaction() or Z64,
+            last_transaction=self.storage.lastTransaction() or z64,
         )
 
     def publish_commit(
@@ -143,7 +143,7 @@ class HostedStorage:
         reconnect and verify their caches from scratch."""
         self.invalidations = InvalidationQueue(
             self.settings.invalidation_queue_size,
-            self.storage.lastTransaction() or Z64,
+            self.storage.lastTransaction() or z64,
         )
         for session in list(self.sessions):
             session.close_connection("the storage asked clients to drop caches")
