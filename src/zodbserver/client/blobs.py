@@ -9,7 +9,12 @@ blob as ``storeBlobStart``, 59000-byte ``storeBlobChunk``s and
 ``storeBlobEnd``; a load asks ``sendBlob`` and the server streams
 ``receiveBlobStart/Chunk/Stop`` (written to ``<file>.dl``, renamed on stop)
 before it replies.  With a size limit, the least recently accessed files are
-removed once ``size_check`` percent of it has been added.
+removed once ``size_check`` percent of it has been added -- but never a
+file in a directory whose ``.lock`` is held (a download or a commit is
+under way there), a file this process has open, or the file a thread was
+last handed by ``cached`` (it is about to be opened).  Only one pruner
+works on a directory at a time (``check_size.lock``, as ZEO), and it also
+removes ``.dl`` files that a crashed download left behind.
 
 **Shared directory.**  Client and server use the same directory in ZODB's
 own layout.  A commit places the file next to its final location as
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -32,8 +38,8 @@ from ZODB.utils import u64
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 59000
 _LOCK_ATTEMPTS = 6000  # of 10 ms each
+_DOWNLOAD_SUFFIX = ".dl"
 
 
 class BlobCacheLayout:
@@ -72,6 +78,30 @@ def _locked(path: str) -> Iterator[None]:
         lock.close()
 
 
+@contextlib.contextmanager
+def _locked_or_busy(lock_path: str) -> Iterator[bool]:
+    """Try ``lock_path`` once: True while held, False if someone else has it."""
+    try:
+        lock = zc.lockfile.LockFile(lock_path)
+    except zc.lockfile.LockError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.close()
+
+
+def _open_in_this_process() -> set[str]:
+    """Paths of the files this process has open (empty where unknown)."""
+    opened = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                opened.add(os.readlink(entry.path))
+    return opened
+
+
 def _touch(path: str) -> str:
     with contextlib.suppress(OSError):
         os.utime(path, (time.time(), os.stat(path).st_mtime))
@@ -95,6 +125,9 @@ class BlobFiles:
         self.cache_size = None if shared else cache_size
         self._check_every = (cache_size or 0) * size_check // 100
         self._added = 0
+        self._added_lock = threading.Lock()
+        #: Per thread, the path ``cached`` last returned: not to be pruned.
+        self._handed_out: dict[int, str] = {}
 
     @property
     def temp_dir(self) -> str:
@@ -115,12 +148,6 @@ class BlobFiles:
         os.remove(target[:-1])
         return str(target)
 
-    @staticmethod
-    def chunks(path: str) -> Iterator[bytes]:
-        with open(path, "rb") as file:
-            while chunk := file.read(CHUNK_SIZE):
-                yield chunk
-
     def committed(self, oid: bytes, tid: bytes, path: str) -> None:
         """After the commit: the uploaded file becomes the cached revision."""
         if self.shared:
@@ -128,8 +155,9 @@ class BlobFiles:
         target = self.filename(oid, tid)
         self.helper.getPathForOID(oid, create=True)
         with _locked(target):
-            self._added += os.stat(path).st_size
+            self._count(os.stat(path).st_size)
             ZODB.blob.rename_or_copy_blob(path, target)
+        self._hand_out(target)
         self._maybe_prune()
 
     def discard(self, path: str) -> None:
@@ -140,7 +168,10 @@ class BlobFiles:
 
     def cached(self, oid: bytes, tid: bytes) -> str | None:
         path = self.filename(oid, tid)
-        return _touch(path) if os.path.exists(path) else None
+        if not os.path.exists(path):
+            return None
+        self._hand_out(path)
+        return _touch(path)
 
     @contextlib.contextmanager
     def download_lock(self, oid: bytes, tid: bytes) -> Iterator[None]:
@@ -150,17 +181,18 @@ class BlobFiles:
 
     # Called on the connection thread while the server streams a blob.
     def receive_start(self, oid: bytes, tid: bytes) -> None:
-        with open(self.filename(oid, tid) + ".dl", "wb"):
+        # Truncates whatever an interrupted download left.
+        with open(self.filename(oid, tid) + _DOWNLOAD_SUFFIX, "wb"):
             pass
 
     def receive_chunk(self, oid: bytes, tid: bytes, chunk: bytes) -> None:
-        with open(self.filename(oid, tid) + ".dl", "ab") as file:
+        with open(self.filename(oid, tid) + _DOWNLOAD_SUFFIX, "ab") as file:
             file.write(chunk)
-        self._added += len(chunk)
+        self._count(len(chunk))
 
     def receive_stop(self, oid: bytes, tid: bytes) -> None:
         path = self.filename(oid, tid)
-        os.replace(path + ".dl", path)
+        os.replace(path + _DOWNLOAD_SUFFIX, path)
         ZODB.blob.set_not_writable(path)
 
     def downloaded(self) -> None:
@@ -168,31 +200,87 @@ class BlobFiles:
 
     # -- size limit --------------------------------------------------------
 
+    def _hand_out(self, path: str) -> None:
+        with self._added_lock:
+            self._handed_out[threading.get_ident()] = path
+
+    def _in_use(self) -> set[str]:
+        """Files not to prune: handed out to a live thread, or open here."""
+        alive = {thread.ident for thread in threading.enumerate()}
+        with self._added_lock:
+            for ident in set(self._handed_out) - alive:
+                del self._handed_out[ident]
+            handed_out = set(self._handed_out.values())
+        return handed_out | _open_in_this_process()
+
+    def _count(self, size: int) -> None:
+        with self._added_lock:
+            self._added += size
+
     def _maybe_prune(self) -> None:
-        if self.cache_size is None or self._added < self._check_every:
+        if self.cache_size is None:
             return
-        self._added = 0
+        with self._added_lock:
+            if self._added < self._check_every:
+                return
+            self._added = 0
         self.prune(max(self.cache_size - self._check_every, 0))
 
     def prune(self, target: int) -> None:
-        """Remove least recently accessed files until at most ``target`` bytes."""
-        base = self.helper.base_dir
+        """Remove least recently accessed files until at most ``target`` bytes.
+
+        Another process (or thread) already pruning this directory makes
+        this a no-op: it does the job.
+        """
+        check_lock = os.path.join(self.helper.base_dir, "check_size.lock")
+        with _locked_or_busy(check_lock) as acquired:
+            if acquired:
+                self._prune(target)
+
+    def _prune(self, target: int) -> None:
         files = []
-        for directory in os.listdir(base):
-            if not directory.isdigit():
-                continue
-            path = os.path.join(base, directory)
-            for name in os.listdir(path):
-                if name.endswith(ZODB.blob.BLOB_SUFFIX):
-                    stat = os.stat(os.path.join(path, name))
-                    files.append(
-                        (stat.st_atime, stat.st_size, os.path.join(path, name))
-                    )
+        for directory in self._directories():
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(directory):
+                    if entry.name.endswith(ZODB.blob.BLOB_SUFFIX):
+                        stat = entry.stat()
+                        files.append((stat.st_atime, stat.st_size, entry.path))
         total = sum(size for _, size, _ in files)
+        in_use = self._in_use()
         for _, size, path in sorted(files):
             if total <= target:
                 break
-            with _locked(path), contextlib.suppress(OSError):
-                ZODB.blob.remove_committed(path)
+            if path in in_use or os.path.realpath(path) in in_use:
+                continue
+            lock_path = os.path.join(os.path.dirname(path), ".lock")
+            with _locked_or_busy(lock_path) as acquired:
+                if not acquired:
+                    continue  # a download or a commit is under way there
+                try:
+                    ZODB.blob.remove_committed(path)
+                except OSError:  # gone already; or open, on Windows
+                    continue
                 total -= size
+        self._remove_abandoned_downloads()
         logger.debug("blob cache pruned to %d bytes", total)
+
+    def _directories(self) -> list[str]:
+        base = self.helper.base_dir
+        return [os.path.join(base, name) for name in os.listdir(base) if name.isdigit()]
+
+    def _remove_abandoned_downloads(self) -> None:
+        """``.dl`` files in unlocked directories: no download is writing them."""
+        for directory in self._directories():
+            with contextlib.suppress(OSError):
+                downloads = [
+                    entry.path
+                    for entry in os.scandir(directory)
+                    if entry.name.endswith(_DOWNLOAD_SUFFIX)
+                ]
+                if not downloads:
+                    continue
+                lock_path = os.path.join(directory, ".lock")
+                with _locked_or_busy(lock_path) as acquired:
+                    for path in downloads if acquired else ():
+                        with contextlib.suppress(OSError):
+                            os.remove(path)

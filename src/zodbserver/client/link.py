@@ -70,6 +70,9 @@ class ServerLink(asyncio.Protocol):
         self._pending: dict[Any, _Pending] = {}
         self._last_msgid = 0
         self._lost = False
+        #: Set while the send buffer is below its high-water mark.
+        self._writable = asyncio.Event()
+        self._writable.set()
         #: What made us close the connection ourselves, if anything did.
         self._failure: BaseException | None = None
         self.read_only = False
@@ -100,8 +103,19 @@ class ServerLink(asyncio.Protocol):
                 return
             self._handle(event)
 
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drained(self) -> None:
+        """Wait until the send buffer has room (or the connection is gone)."""
+        await self._writable.wait()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._writable.set()
         self._connection.close()
         pending, self._pending = self._pending, {}
         for entry in pending.values():

@@ -48,6 +48,10 @@ from .link import Address, ServerLink
 
 logger = logging.getLogger(__name__)
 
+#: ZEO's blob chunk size, and how much of a blob file is read at a time.
+_BLOB_CHUNK_SIZE = 59000
+_BLOB_READ_SIZE = 16 * _BLOB_CHUNK_SIZE
+
 #: One buffered store of a transaction: (oid, data or None, server_resolved).
 Update = tuple[bytes, bytes | None, bool]
 
@@ -500,6 +504,30 @@ class ConnectionManager:
             logger.error("cannot send %s: %s", method, exc)
             if on_error is not None:
                 on_error(exc)
+
+    async def send_blob(
+        self, path: str, store_args: tuple[Any, ...], generation: int
+    ) -> None:
+        """Upload a blob file as storeBlobStart/Chunk/End, with backpressure.
+
+        The file is read in a thread a few chunks at a time and we wait for
+        the send buffer to drain in between, so memory stays bounded
+        whatever the blob's size.
+        """
+        link = self._link_of(generation)
+        link.call_async("storeBlobStart", ())
+        stream = await asyncio.to_thread(open, path, "rb")
+        try:
+            while data := await asyncio.to_thread(stream.read, _BLOB_READ_SIZE):
+                for start in range(0, len(data), _BLOB_CHUNK_SIZE):
+                    chunk = data[start : start + _BLOB_CHUNK_SIZE]
+                    link.call_async("storeBlobChunk", (chunk,))
+                await link.drained()
+                if not link.is_open:
+                    raise ClientDisconnected("the connection was lost during an upload")
+        finally:
+            stream.close()
+        link.call_async("storeBlobEnd", store_args)
 
     def _load(self, link: ServerLink, oid: bytes, before: bytes) -> asyncio.Future[Any]:
         cache = self.cache

@@ -577,10 +577,14 @@ class ClientStorage(ConflictResolvingStorage):
             name = os.path.basename(path)
             self._send(buffer, "storeBlobShared", oid, serial, data, name, id(txn))
             return
-        self._send(buffer, "storeBlobStart")
-        for chunk in blobs.chunks(path):
-            self._send(buffer, "storeBlobChunk", chunk)
-        self._send(buffer, "storeBlobEnd", oid, serial, data, id(txn))
+        if buffer.generation != self._manager.generation:
+            raise ClientDisconnected("storeBlob", "on a disconnected transaction")
+        # Streamed from the connection thread; this thread waits for it.
+        self._thread.run(
+            self._manager.send_blob(
+                path, (oid, serial, data, id(txn)), buffer.generation
+            )
+        )
 
     def loadBlob(self, oid: bytes, serial: bytes) -> str:
         blobs = self._blob_files()
