@@ -411,6 +411,16 @@ class ConnectionManager:
     def _apply_invalidation(self, tid: bytes, oids: list[bytes]) -> None:
         self.cache.invalidate_all(oids, tid)
         self.listener.invalidate_transaction(tid, oids)
+        if tid < self.cache.get_last_tid():
+            # A ZEO server may send another client's invalidation after the
+            # reply to our own later commit.  The oids are invalidated all
+            # the same; the last tid must not move back.
+            logger.warning(
+                "invalidation for %s arrived after %s",
+                tid.hex(),
+                self.cache.get_last_tid().hex(),
+            )
+            return
         self.cache.set_last_tid(tid)
 
     def _on_info(self, link: ServerLink, args: tuple[Any, ...]) -> None:
