@@ -1,0 +1,205 @@
+"""Child processes: the two servers and the workers, always reaped.
+
+Every child is started through ``Children``, which kills whatever is still
+running when the benchmark ends, fails or is interrupted.  Reading a child's
+output goes through ``Child.expect``, which gives up after a timeout rather
+than blocking on a child that hangs.  Servers listen on 127.0.0.1 on a port
+picked free just before they start, so that both get the same ``zeo.conf``
+shape and are reached the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+#: The directory holding the ``bench`` package: children run from here.
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+class ChildError(RuntimeError):
+    """A child process died, hung or said something unexpected."""
+
+
+class Child:
+    """One child process with line-oriented stdout and a stdin pipe."""
+
+    def __init__(self, argv: list[str], name: str, log_path: str | None) -> None:
+        self.name = name
+        self.log_path = log_path
+        stderr: Any = subprocess.DEVNULL
+        if log_path is not None:
+            stderr = open(log_path, "ab")  # noqa: SIM115 -- closed in reap()
+        self._stderr = stderr
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        self._buffer = b""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        """The rest of the next stdout line, which must start with ``prefix``."""
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ChildError(f"{self.name}: no {prefix!r} in {timeout}s")
+                if not selector.select(remaining):
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise ChildError(f"{self.name} exited: {self.log_tail()}")
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        text = line.decode()
+        if not text.startswith(prefix):
+            raise ChildError(f"{self.name}: expected {prefix!r}, got {text[:200]!r}")
+        return text[len(prefix) :].strip()
+
+    def log_tail(self, lines: int = 15) -> str:
+        if self.log_path is None or not os.path.exists(self.log_path):
+            return "(no log)"
+        with open(self.log_path, errors="replace") as file:
+            return "".join(file.readlines()[-lines:])
+
+    def reap(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Terminate (then kill) the child and close its pipes."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        if self._stderr is not subprocess.DEVNULL:
+            self._stderr.close()
+
+
+class Children:
+    """Owns every child process started; ``close`` reaps those left."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self._children: list[Child] = []
+
+    def start(self, argv: list[str], name: str, *, log: bool = True) -> Child:
+        log_path = os.path.join(self.log_dir, f"{name}.log") if log else None
+        child = Child(argv, name, log_path)
+        self._children.append(child)
+        return child
+
+    def reap(self, child: Child) -> None:
+        child.reap()
+        with contextlib.suppress(ValueError):
+            self._children.remove(child)
+
+    def close(self) -> None:
+        children, self._children = self._children, []
+        for child in children:
+            if child.process.poll() is None:
+                child.process.terminate()
+        for child in children:
+            with contextlib.suppress(Exception):
+                child.reap()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def zeo_conf(path: str, blob_dir: str, port: int, msgpack: bool | None) -> str:
+    encoding = "" if msgpack is None else f"msgpack {str(msgpack).lower()}"
+    return textwrap.dedent(
+        f"""\
+        <zeo>
+          address 127.0.0.1:{port}
+          {encoding}
+        </zeo>
+        <filestorage 1>
+          path {path}
+          blob-dir {blob_dir}
+        </filestorage>
+        """
+    )
+
+
+def start_server(
+    children: Children,
+    kind: str,
+    path: str,
+    blob_dir: str,
+    work_dir: str,
+    msgpack: bool | None = None,
+) -> tuple[Child, tuple[str, int]]:
+    """Start server ``kind`` (``"zeo"`` or ``"ours"``) on the given storage.
+
+    ``msgpack``: the encoding to announce; None leaves each server's default
+    (ZEO: pickle, ``Z5``; ours: msgpack, ``M5``).
+    """
+    port = free_port()
+    conf = os.path.join(work_dir, f"{kind}-server.conf")
+    with open(conf, "w") as file:
+        file.write(zeo_conf(path, blob_dir, port, msgpack))
+    if kind == "zeo":
+        argv = [sys.executable, "-m", "ZEO.runzeo", "-C", conf]
+    else:
+        var = os.path.join(work_dir, f"{kind}-server-var")
+        argv = [sys.executable, "-m", "zodbserver.cli", "-C", conf, "--var", var, "fg"]
+    child = children.start(argv, f"{kind}-server")
+    address = ("127.0.0.1", port)
+    wait_listening(child, address, START_TIMEOUT)
+    return child, address
+
+
+def wait_listening(child: Child, address: tuple[str, int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.process.poll() is not None:
+            raise ChildError(f"{child.name} exited: {child.log_tail()}")
+        with contextlib.suppress(OSError), socket.create_connection(address, 1.0):
+            return
+        if time.monotonic() > deadline:
+            raise ChildError(f"{child.name} not listening after {timeout}s")
+        time.sleep(0.05)
+
+
+def resident_kib(pid: int) -> int:
+    """VmRSS of process ``pid`` in KiB, from ``/proc/PID/status``."""
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ChildError(f"no VmRSS for pid {pid}")

@@ -1,0 +1,79 @@
+"""The benchmark suite runs end to end in its quick mode.
+
+``python -m bench --quick`` starts ZEO's server and ours as child processes
+and measures every quick workload on the whole matrix; this checks that the
+result files exist and that every workload has a numeric ratio for every
+system.  No timing is asserted: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The quick mode's workloads: everything but 16 processes and 100 MB blobs.
+QUICK_WORKLOADS = {
+    "add",
+    "update",
+    "cold_read",
+    "warm_read",
+    "hot_read",
+    "load_before",
+    "txn_1",
+    "txn_10",
+    "txn_100",
+    "commits_1",
+    "commits_4",
+    "blob_write_1mb",
+    "blob_read_1mb",
+    "restart_read",
+    "server_rss",
+}
+RUN_TIMEOUT = 60
+SYSTEMS = {"zeo-zeo", "zeo-ours", "ours-zeo", "ours-ours", "filestorage"}
+
+
+@pytest.mark.timeout(120)
+def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
+    output = tmp_path / "results"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = bench.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the benchmark stop its servers and workers.
+        bench.terminate()
+        _, stderr = bench.communicate(timeout=30)
+        pytest.fail(f"the quick benchmark took over {RUN_TIMEOUT}s: {stderr[-3000:]}")
+    assert bench.returncode == 0, stderr[-3000:]
+
+    results = json.loads((output / "results.json").read_text())
+    markdown = (output / "RESULTS.md").read_text()
+    assert {system["key"] for system in results["systems"]} == SYSTEMS
+    rows = {workload["name"]: workload for workload in results["workloads"]}
+    assert set(rows) == QUICK_WORKLOADS
+    for name, row in rows.items():
+        assert set(row["results"]) == SYSTEMS, name
+        for system, entry in row["results"].items():
+            ratio = entry["ratio"]
+            assert isinstance(ratio, float), (name, system, entry)
+            assert math.isfinite(ratio), (name, system, entry)
+            assert ratio > 0, (name, system, entry)
+        assert row["results"]["zeo-zeo"]["ratio"] == 1.0
+        assert f"| {name} |" in markdown
+    assert {"commits_16", "blob_write_100mb", "blob_read_100mb"} <= set(
+        results["skipped"]
+    )
+    assert results["machine"]["packages"]["ZEO"]
+    assert "failed" not in markdown
