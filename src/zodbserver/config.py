@@ -65,6 +65,7 @@ import ZODB.interfaces
 from .errors import ConfigurationError, StorageInUseError
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .server.settings import DEFAULT_HOST, Address, ServerSettings
+from .units import parse_byte_size
 
 __all__ = [
     "ServerConfig",
@@ -163,20 +164,9 @@ def seconds(value: str) -> float:
     return number
 
 
-_BYTES_PER_UNIT = {"kb": 1024, "mb": 1024**2, "gb": 1024**3}
-
-
 def frame_size(value: str) -> int:
     """A byte count of at least 1KB, optionally with a KB/MB/GB suffix."""
-    text = value.strip().lower()
-    factor = 1
-    if text[-2:] in _BYTES_PER_UNIT:
-        factor = _BYTES_PER_UNIT[text[-2:]]
-        text = text[:-2]
-    try:
-        number = int(text) * factor
-    except ValueError:
-        raise ValueError(f"not a byte size: {value!r} (e.g. 1048576, 64MB)") from None
+    number = parse_byte_size(value)
     if number < 1024:
         raise ValueError(f"too small for a frame size: {value!r} (at least 1KB)")
     return number

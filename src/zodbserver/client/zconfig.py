@@ -48,34 +48,18 @@ import ZConfig.datatypes
 import ZODB.config
 
 from ..errors import ConfigurationError
+from ..units import parse_byte_size
 from .link import Address
 from .storage import ClientStorage
 
 T = TypeVar("T")
 
-_BYTES_PER_UNIT = {"kb": 1024, "mb": 1024**2, "gb": 1024**3}
 _SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TRUE = frozenset({"1", "on", "true", "yes"})
 _FALSE = frozenset({"0", "off", "false", "no"})
 
 
 # -- value parsers: raise ValueError with a message fit for an operator ------
-
-
-def parse_byte_size(value: str) -> int:
-    """A number of bytes, optionally with a KB, MB or GB suffix."""
-    text = value.strip().lower()
-    factor = 1
-    if text[-2:] in _BYTES_PER_UNIT:
-        factor = _BYTES_PER_UNIT[text[-2:]]
-        text = text[:-2]
-    try:
-        number = int(text) * factor
-    except ValueError:
-        raise ValueError(f"not a byte size: {value!r} (e.g. 20MB, 500KB)") from None
-    if number < 0:
-        raise ValueError(f"must not be negative: {value!r}")
-    return number
 
 
 def parse_boolean(value: str) -> bool:
