@@ -12,20 +12,48 @@ Public API:
 * ``ZodbServerError`` -- the root of the package's own exceptions.
 
 The ``zeoserver`` command runs and controls a server process.
+
+Names are imported on first use, so that a server process does not load the
+client and a client does not load the server.
 """
 
-from .client import ClientDisconnected, ClientStorage
-from .client.convenience import DB, connection
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import ZodbServerError
-from .server.settings import ServerSettings
-from .server.thread import ServerThread
+
+if TYPE_CHECKING:
+    from .client import ClientDisconnected, ClientStorage
+    from .client.convenience import DB, connection
+    from .server.settings import ServerSettings
+    from .server.thread import ServerThread
+
+_LAZY = {
+    "ClientDisconnected": ".client",
+    "ClientStorage": ".client",
+    "DB": ".client.convenience",
+    "connection": ".client.convenience",
+    "ServerSettings": ".server.settings",
+    "ServerThread": ".server.thread",
+}
 
 __all__ = [
+    "DB",
     "ClientDisconnected",
     "ClientStorage",
-    "DB",
     "ServerSettings",
     "ServerThread",
     "ZodbServerError",
     "connection",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zodbserver' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
