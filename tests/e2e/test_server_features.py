@@ -156,3 +156,20 @@ def test_serves_a_data_fs_written_by_plain_zodb(data_fs: str) -> None:
     finally:
         reopened.close()
         transaction.abort()
+
+
+@pytest.mark.parametrize("msgpack", [True, False], ids=["M5", "Z5"])
+def test_ping_is_a_sync_barrier_for_invalidations(data_fs: str, msgpack: bool) -> None:
+    """PROTOCOL.md 5.8(d): once a ping is answered, every invalidation for a
+    commit that finished before it has been delivered."""
+    with ServerThread({"1": FileStorage(data_fs)}, msgpack=msgpack) as address:
+        writer = ZODB.DB(ZEO.client(address, wait_timeout=10))
+        reader = ZEO.client(address, wait_timeout=10)
+        try:
+            for value in range(20):
+                commit(writer, value=value)
+                reader.ping()
+                assert reader.lastTransaction() == writer.storage.lastTransaction()
+        finally:
+            writer.close()
+            reader.close()

@@ -121,6 +121,9 @@ class BlobFiles:
         self.shared = shared
         layout = "automatic" if shared else "zeocache"
         self.helper = ZODB.blob.FilesystemHelper(blob_dir, layout_name=layout)
+        # Several processes may share one cache directory and start together:
+        # ZODB's create() tests for each directory before making it.
+        os.makedirs(self.helper.temp_dir, exist_ok=True)
         self.helper.create()
         self.cache_size = None if shared else cache_size
         self._check_every = (cache_size or 0) * size_check // 100
