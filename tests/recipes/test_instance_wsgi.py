@@ -1,0 +1,95 @@
+"""The per-request transaction middleware, on an in-memory database."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+import ZODB
+from ZODB.MappingStorage import MappingStorage
+from ZODB.POSException import ConflictError
+
+from zodbserver.instance import TransactionMiddleware
+from zodbserver.instance.demo import ROOT_KEY, application
+
+
+@pytest.fixture
+def db() -> Iterator[ZODB.DB]:
+    database = ZODB.DB(MappingStorage())
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def call(app: Any, method: str, path: str, body: bytes = b"") -> tuple[str, bytes]:
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        statuses.append(status)
+        return None
+
+    data = b"".join(app(environ, start_response))
+    return statuses[-1], data
+
+
+def stored(db: ZODB.DB) -> dict[str, bytes]:
+    with db.transaction() as connection:
+        return dict(connection.root().get(ROOT_KEY, {}))
+
+
+def test_success_commits(db: ZODB.DB) -> None:
+    app = TransactionMiddleware(db, application)
+    assert call(app, "PUT", "/a", b"one")[0] == "201 Created"
+    assert stored(db) == {"a": b"one"}
+    assert call(app, "GET", "/a") == ("200 OK", b"one")
+    assert call(app, "GET", "/b")[0] == "404 Not Found"
+    assert call(app, "DELETE", "/a")[0] == "204 No Content"
+    assert stored(db) == {}
+
+
+def test_error_aborts(db: ZODB.DB) -> None:
+    def failing(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        environ["zodbserver.root"]["half"] = "written"
+        raise ValueError("boom")
+
+    status, _ = call(TransactionMiddleware(db, failing), "PUT", "/x", b"body")
+    assert status == "500 Internal Server Error"
+    with db.transaction() as connection:
+        assert "half" not in connection.root()
+
+
+def test_conflict_is_retried_with_the_same_body(db: ZODB.DB) -> None:
+    bodies: list[bytes] = []
+
+    def flaky(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        bodies.append(environ["wsgi.input"].read())
+        if len(bodies) < 3:
+            raise ConflictError("try again")
+        environ["wsgi.input"] = io.BytesIO(bodies[-1])
+        return application(environ, start_response)
+
+    status, _ = call(TransactionMiddleware(db, flaky, 2), "PUT", "/k", b"v")
+    assert status == "201 Created"
+    assert bodies == [b"v", b"v", b"v"]
+    assert stored(db) == {"k": b"v"}
+
+
+def test_conflict_retries_run_out(db: ZODB.DB) -> None:
+    attempts: list[int] = []
+
+    def always(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        attempts.append(1)
+        raise ConflictError("always")
+
+    status, _ = call(TransactionMiddleware(db, always, 1), "GET", "/k")
+    assert status == "409 Conflict"
+    assert len(attempts) == 2
