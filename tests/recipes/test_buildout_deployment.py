@@ -1,20 +1,31 @@
-"""A real zc.buildout run of the ZEO-style profile, then a write seen twice.
+"""A real zc.buildout run of the classic ZEO profile, end to end.
 
 The buildout extends ``profiles/zeo-instance.cfg`` exactly as an operator
-would, makes two clients with ``<= instance``, and uses ports free at test
-time.  The server and both instances are started and stopped through the
-generated ``bin/`` scripts; whatever is left running is killed at the end.
+would: ``parts`` lists four clients made with ``<= instance`` (the server
+part comes with them), ``[instance]`` names the server by host name and
+port, and every port is free at test time.  The server and the clients
+are started and stopped through the generated ``bin/`` scripts; a write
+and a blob made through one client are read through another, with each
+client's own blob cache (the default) and with the server's blob directory
+shared; at the end no process of the deployment is left.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from .conftest import PROFILE, Pids, buildout_header, free_port, run_buildout
+
+#: Several of the 59000-byte chunks blobs travel in, and a partial one.
+BLOB_SIZE = 300_000
+CLIENTS = ("client1", "client2", "client3", "client4")
+SHARED_CLIENTS = ("shared1", "shared2")
 
 
 def bin_command(directory: Path, script: str, command: str) -> int:
@@ -31,58 +42,131 @@ def bin_command(directory: Path, script: str, command: str) -> int:
 def request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=10) as response:
+        with urllib.request.urlopen(req, timeout=30) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
 
 
-def test_profile_server_and_two_clients(tmp_path: Path, pids: Pids) -> None:
-    zeo_port, http1, http2 = free_port(), free_port(), free_port()
-    config = buildout_header("zeoserver client1 client2", extends=str(PROFILE))
+def eventually(
+    read: Callable[[], tuple[int, bytes]], expected: tuple[int, bytes]
+) -> tuple[int, bytes]:
+    """Read until EXPECTED comes back (another client's commit reaches this
+    one through an asynchronous invalidation) or ten seconds pass."""
+    deadline = time.monotonic() + 10
+    seen = read()
+    while seen != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        seen = read()
+    return seen
+
+
+def files_holding(directory: Path, data: bytes) -> list[Path]:
+    return [
+        path
+        for path in directory.rglob("*.blob")
+        if path.stat().st_size == len(data) and path.read_bytes() == data
+    ]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line mentions TEXT (the buildout
+    directory): whatever the deployment started, pid file or not."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in command_line:
+            found.append(int(entry.name))
+    return found
+
+
+def classic_profile(zeo_port: int, http_ports: dict[str, int]) -> str:
+    # parts lists the clients only: the profile brings the zeoserver part.
+    config = buildout_header(" ".join(http_ports), extends=str(PROFILE))
+    # localhost stands for the classic "webdb:8888": a host name the client
+    # resolves (here to 127.0.0.1, where a bare server port listens).
     config += f"""
 [zeoserver]
 zeo-address = {zeo_port}
 
-[client1]
-<= instance
-http-address = {http1}
-
-[client2]
-<= instance
-http-address = 127.0.0.1:{http2}
+[instance]
+zeo-address = localhost:{zeo_port}
 """
-    result = run_buildout(tmp_path, config)
+    for name, port in http_ports.items():
+        config += f"\n[{name}]\n<= instance\nhttp-address = {port}\n"
+        if name in SHARED_CLIENTS:
+            config += "shared-blob = true\nblob-storage = ${zeoserver:blob-storage}\n"
+    return config
+
+
+def test_classic_profile_four_clients_and_blobs(tmp_path: Path, pids: Pids) -> None:
+    zeo_port = free_port()
+    http_ports = {name: free_port() for name in CLIENTS + SHARED_CLIENTS}
+    result = run_buildout(tmp_path, classic_profile(zeo_port, http_ports))
     assert result.returncode == 0, result.stdout + result.stderr
+    zodb_conf = (tmp_path / "parts" / "client4" / "etc" / "zodb.conf").read_text()
+    assert f"server localhost:{zeo_port}" in zodb_conf
     var = tmp_path / "var"
-    for name in ("zeoserver", "client1", "client2"):
+    for name in ("zeoserver", *http_ports):
         pids.watch(var / f"{name}.pid")
+
+    def url(client: str, path: str) -> str:
+        return f"http://127.0.0.1:{http_ports[client]}/{path}"
 
     try:
         assert bin_command(tmp_path, "zeoserver", "start") == 0
         assert bin_command(tmp_path, "zeoserver", "status") == 0
-        assert bin_command(tmp_path, "client1", "start") == 0
-        assert bin_command(tmp_path, "client2", "start") == 0
-        assert bin_command(tmp_path, "client2", "status") == 0
+        for name in http_ports:
+            assert bin_command(tmp_path, name, "start") == 0, name
+        assert bin_command(tmp_path, "client4", "status") == 0
 
-        status, _ = request("PUT", f"http://127.0.0.1:{http1}/greeting", b"hello")
-        assert status == 201
-        deadline = time.monotonic() + 10
-        seen: tuple[int, bytes] = (0, b"")
-        while time.monotonic() < deadline:
-            seen = request("GET", f"http://127.0.0.1:{http2}/greeting")
-            if seen == (200, b"hello"):
-                break
-            time.sleep(0.1)
+        assert request("PUT", url("client1", "greeting"), b"hello")[0] == 201
+        seen = eventually(
+            lambda: request("GET", url("client4", "greeting")), (200, b"hello")
+        )
         assert seen == (200, b"hello")
-        assert request("GET", f"http://127.0.0.1:{http2}/missing")[0] == 404
+        assert request("GET", url("client4", "missing"))[0] == 404
 
-        assert bin_command(tmp_path, "client1", "stop") == 0
-        assert bin_command(tmp_path, "client2", "stop") == 0
-        assert bin_command(tmp_path, "client1", "status") == 3
+        # Each client its own blob cache: the blob goes to the server and
+        # from there into client4's cache.
+        photo = os.urandom(BLOB_SIZE)
+        assert request("PUT", url("client2", "blobs/photo"), photo)[0] == 201
+        seen = eventually(
+            lambda: request("GET", url("client4", "blobs/photo")), (200, photo)
+        )
+        assert seen == (200, photo)
+        assert files_holding(var / "blobcache-client4", photo)
+        assert files_holding(var / "blobstorage", photo)
+
+        # The server's blob directory shared: written there by shared1,
+        # read there by shared2; a caching client downloads it as usual.
+        report = os.urandom(BLOB_SIZE)
+        assert request("PUT", url("shared1", "blobs/report"), report)[0] == 201
+        seen = eventually(
+            lambda: request("GET", url("shared2", "blobs/report")), (200, report)
+        )
+        assert seen == (200, report)
+        assert files_holding(var / "blobstorage", report)
+        assert not (var / "blobcache-shared1").exists()
+        assert not (var / "blobcache-shared2").exists()
+        seen = eventually(
+            lambda: request("GET", url("client3", "blobs/report")), (200, report)
+        )
+        assert seen == (200, report)
+        assert request("GET", url("shared2", "blobs/photo")) == (200, photo)
+
+        for name in http_ports:
+            assert bin_command(tmp_path, name, "stop") == 0, name
+            assert bin_command(tmp_path, name, "status") == 3, name
         assert bin_command(tmp_path, "zeoserver", "stop") == 0
         assert bin_command(tmp_path, "zeoserver", "status") == 3
         assert pids.alive() == []
+        assert processes_mentioning(str(tmp_path)) == []
     finally:
         pids.kill_all()
     assert (var / "filestorage" / "Data.fs").exists()
