@@ -5,11 +5,14 @@
 ``fg`` serves in the foreground with waitress until SIGTERM or SIGINT
 (exit 0).  ``start`` runs ``fg`` as a detached process (its output goes to
 the instance's log file) and returns once the HTTP port accepts
-connections, or reports why it could not (exit 1).  ``stop`` sends SIGTERM
-and waits for the process to go (exit 1 when not running).  ``status``
-answers 0 running, 1 dead with a stale pid file, 3 not running -- the
-exit codes of ``zeoserver``.  The pid file is locked while the instance
-runs, as the server's is.
+connections, or reports why it could not (exit 1, with the last lines the
+failed process logged: a locked Data.fs, a bad zope.conf, ...).  ``stop``
+sends SIGTERM and waits for the process to go (exit 1 when not running).
+``status`` answers 0 running, 1 dead with a stale pid file, 3 not
+running -- the exit codes of ``zeoserver``.  The pid file is locked while
+the instance runs, as the server's is.  The application is ``wsgi.make_app``'s: the
+configured WSGI application in a transaction per request, or a real Zope
+(``application = zope``) that manages its own transactions.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+from ..errors import ZodbServerError
 from ..pidfile import AlreadyRunning, PidFile, probe
 from .wsgi import load_settings, make_app
 
@@ -33,6 +37,7 @@ STATUS_STALE = 1
 STATUS_NOT_RUNNING = 3
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+FAILURE_LINES = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +65,11 @@ def fg(config_path: str, settings: dict[str, Any]) -> int:
         print(error, file=sys.stderr)
         return EXIT_FAILURE
     try:
-        app = make_app(config_path)
+        try:
+            app = make_app(config_path)
+        except ZodbServerError as error:
+            print(f"instance cannot start: {error}", file=sys.stderr)
+            return EXIT_FAILURE
         try:
             server: Any = waitress.create_server(
                 app, host=settings["http-host"], port=settings["http-port"]
@@ -81,7 +90,7 @@ def fg(config_path: str, settings: dict[str, Any]) -> int:
             finally:
                 server.close()
         finally:
-            app.db.close()
+            app.close()
     finally:
         pid_file.release()
     return EXIT_OK
@@ -100,6 +109,7 @@ def start(config_path: str, settings: dict[str, Any]) -> int:
         filter(None, [package_parent, environment.get("PYTHONPATH")])
     )
     with open(log_file, "ab") as log, open(os.devnull, "rb") as devnull:
+        log_start = log.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "zodbserver.instance", "-C", config_path, "fg"],
             stdin=devnull,
@@ -115,6 +125,7 @@ def start(config_path: str, settings: dict[str, Any]) -> int:
                 f"instance failed to start (exit {process.returncode}); see {log_file}",
                 file=sys.stderr,
             )
+            print(_last_error(log_file, log_start), file=sys.stderr)
             return EXIT_FAILURE
         if _listening(settings["http-host"], settings["http-port"]):
             print(f"instance started, pid {process.pid}")
@@ -171,3 +182,14 @@ def _listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _last_error(log_file: str, offset: int) -> str:
+    """The last lines the failed ``fg`` wrote to the log: usually why."""
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-FAILURE_LINES:])

@@ -13,9 +13,15 @@ back; the request body is read once so that a retry sees it again.
 
 ``make_app(config_path)`` builds the whole stack from an instance
 configuration file (JSON written by the ``zodbserver:instance`` recipe),
-for any WSGI server::
+for any WSGI server; an instance whose application is ``zope`` gets
+Zope's own pipeline instead (see ``zope_app``).  Each worker process must
+build its own application (its database connection runs a thread), so
+do not preload it in a forking server's master::
 
-    gunicorn 'zodbserver.instance.wsgi:make_app("parts/instance/etc/instance.json")'
+    gunicorn -b 127.0.0.1:8080 \
+        'zodbserver.instance.wsgi:make_app("parts/client1/etc/instance.json")'
+    uwsgi --http 127.0.0.1:8080 --lazy-apps --enable-threads \
+        --mount '/=zodbserver.instance.wsgi:make_app("parts/client1/etc/instance.json")'
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import transaction
 import ZODB
@@ -34,6 +40,9 @@ import ZODB.config
 from ZODB.POSException import ConflictError
 
 log = logging.getLogger("zodbserver.instance")
+
+#: The ``application`` setting that selects a real Zope (``zope_app``).
+ZOPE_APPLICATION = "zope"
 
 StartResponse = Callable[..., Any]
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -46,6 +55,9 @@ class TransactionMiddleware:
         self.db = db
         self.application = application
         self.conflict_retries = conflict_retries
+
+    def close(self) -> None:
+        self.db.close()
 
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse
@@ -140,9 +152,23 @@ def load_settings(config_path: str) -> dict[str, Any]:
     return settings
 
 
-def make_app(config_path: str) -> TransactionMiddleware:
+class InstanceApplication(Protocol):
+    """What ``make_app`` returns: a WSGI application that can be closed."""
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+def make_app(config_path: str) -> InstanceApplication:
     """The WSGI application an instance serves, built from its config file."""
     settings = load_settings(config_path)
+    if settings["application"] == ZOPE_APPLICATION:
+        from .zope_app import make_zope_app
+
+        return make_zope_app(settings["zope-conf"])
     db = ZODB.config.databaseFromString(settings["zodb-conf"])
     application = resolve(settings["application"])
     return TransactionMiddleware(db, application, int(settings["conflict-retries"]))
