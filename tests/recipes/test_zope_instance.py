@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
+import os
 import subprocess
+import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -19,8 +22,11 @@ from pathlib import Path
 
 import pytest
 import zc.buildout
+import ZConfig
 from Zope2.Startup.options import ZopeWSGIOptions
 
+from zodbserver.errors import ConfigurationError
+from zodbserver.instance.zope_app import make_zope_app
 from zodbserver.recipes import instance
 
 from .conftest import PROFILE, Pids, buildout_header, free_port, run_buildout
@@ -269,3 +275,46 @@ def test_zope_conf_additional_is_appended(tmp_path: Path) -> None:
     options = ZopeWSGIOptions(str(zope_conf))()
     assert options.configroot.http_realm == "Intranet"
     assert not (tmp_path / "parts" / "client1" / "inituser").exists()
+
+
+def test_zope_missing_fails_the_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "Zope2", None)
+    with pytest.raises(
+        zc.buildout.UserError, match=r"^\[client1\] application: .*zodbserver\[zope\]"
+    ):
+        instance.Recipe(fake_buildout(tmp_path), "client1", {"application": "zope"})
+
+
+def test_zope_missing_fails_the_app_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zope_conf = tmp_path / "zope.conf"
+    zope_conf.write_text(plain_zope_conf(tmp_path, tmp_path / "Data.fs"))
+    monkeypatch.setitem(sys.modules, "Zope2.Startup.run", None)
+    with pytest.raises(ConfigurationError, match="needs the Zope distribution"):
+        make_zope_app(str(zope_conf))
+
+
+def test_app_factory_names_a_missing_zope_conf(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="no such zope.conf: .*absent.conf"):
+        make_zope_app(str(tmp_path / "absent.conf"))
+
+
+def test_zodb_cache_size_of_a_plain_instance(tmp_path: Path) -> None:
+    recipe = instance.Recipe(
+        fake_buildout(tmp_path), "client1", {"zodb-cache-size": "1234"}
+    )
+    recipe.install()
+    zodb_conf = (tmp_path / "parts" / "client1" / "etc" / "zodb.conf").read_text()
+    schema = ZConfig.loadSchemaFile(
+        io.StringIO(
+            '<schema><import package="ZODB"/>'
+            '<section type="ZODB.database" name="*" attribute="database"/>'
+            "</schema>"
+        )
+    )
+    config, _ = ZConfig.loadConfigFile(schema, io.StringIO(zodb_conf))
+    assert config.database.config.cache_size == 1234
+    assert "zope.conf" not in os.listdir(tmp_path / "parts" / "client1" / "etc")

@@ -30,6 +30,10 @@ import zc.lockfile
 from .. import config
 from ..errors import ConfigurationError, StorageInUseError
 
+MISSING_ZOPE = (
+    "application = zope needs the Zope distribution in this Python: "
+    "pip install 'zodbserver[zope]'"
+)
 SHARE_ADVICE = (
     "To share the database with a running zeoserver, open it through the "
     "server instead: '%import zodbserver' and a <clientstorage> section in "
@@ -68,8 +72,11 @@ def make_zope_app(zope_conf: str) -> ZopeApplication:
     zope_conf = os.path.abspath(zope_conf)
     if not os.path.isfile(zope_conf):
         raise ConfigurationError(f"no such zope.conf: {zope_conf}")
-    from Zope2.Startup.run import make_wsgi_app
-    from ZPublisher.httpexceptions import HTTPExceptionHandler
+    try:
+        from Zope2.Startup.run import make_wsgi_app
+        from ZPublisher.httpexceptions import HTTPExceptionHandler
+    except ImportError as error:
+        raise ConfigurationError(f"{MISSING_ZOPE} ({error})") from error
 
     try:
         publish = make_wsgi_app({}, zope_conf)

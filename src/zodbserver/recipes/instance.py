@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -58,6 +59,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from ..instance.wsgi import ZOPE_APPLICATION
+from ..instance.zope_app import MISSING_ZOPE
 from ._options import PartOptions, python_script, write_file
 
 DEFAULT_APPLICATION = "zodbserver.instance.demo:application"
@@ -129,6 +131,8 @@ class Recipe:
         parsed = self.parsed
         application = parsed.text("application") or DEFAULT_APPLICATION
         self.is_zope = application == ZOPE_APPLICATION
+        if self.is_zope and importlib.util.find_spec("Zope2") is None:
+            raise parsed.fail("application", MISSING_ZOPE)
         if not self.is_zope:
             module, colon, attribute = application.partition(":")
             if not colon or not module or not attribute:
