@@ -1,4 +1,4 @@
-"""One database connection and one transaction per HTTP request.
+r"""One database connection and one transaction per HTTP request.
 
 ``TransactionMiddleware`` wraps a WSGI application.  For every request it
 opens a connection from the ``ZODB.DB`` with its own transaction manager,
@@ -20,8 +20,9 @@ do not preload it in a forking server's master::
 
     gunicorn -b 127.0.0.1:8080 \
         'zodbserver.instance.wsgi:make_app("parts/client1/etc/instance.json")'
-    uwsgi --http 127.0.0.1:8080 --lazy-apps --enable-threads \
-        --mount '/=zodbserver.instance.wsgi:make_app("parts/client1/etc/instance.json")'
+    uwsgi --http 127.0.0.1:8080 --master --lazy-apps --enable-threads \
+        --eval 'from zodbserver.instance.wsgi import make_app
+    application = make_app("parts/client1/etc/instance.json")'
 """
 
 from __future__ import annotations
