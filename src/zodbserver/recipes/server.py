@@ -1,4 +1,4 @@
-"""``recipe = zodbserver:server``: a zeo.conf and a ``bin/<part>`` script.
+"""``recipe = zodbserver:server``: a zeo.conf and the scripts to run it.
 
 The options are plone.recipe.zeoserver's, with its defaults::
 
@@ -10,18 +10,44 @@ The options are plone.recipe.zeoserver's, with its defaults::
     blob-storage = var/blobstorage           # empty: no blobs
     zeo-log = var/log/<part>.log
     zeo-log-level = INFO
+    zeo-log-format = %(asctime)s %(message)s
+    zeo-log-max-size =                  # e.g. 10MB: rotate the log at that size
+    zeo-log-old-files = 1               # rotated files kept (with max-size)
     storage-number = 1
     invalidation-queue-size = 100
     read-only = false
     transaction-timeout =               # seconds; empty: none
     client-conflict-resolution = false
-    pack-days = 1                       # validated; used by zeopack
+    pack-days = 1                       # bin/zeopack's default
+    pack-gc = true                      # false: packing keeps unreachable objects
+    pack-keep-old = true                # false: no Data.fs.old copy when packing
+    zeopack =                           # absent: bin/zeopack; empty: none;
+                                        # a path: a wrapper for that script
+    zeopack-script-name = zeopack
+    effective-user =                    # run the server as this user (from root)
+    socket-name =                       # the control file: see below
+    pid-file = var/<part>.pid
+    eggs =                              # distributions the scripts import
+    extra-paths =                       # directories put on sys.path
+    relative-paths = false              # default: [buildout] relative-paths
     zeo-conf-additional =               # lines appended to zeo.conf
     zeo-conf =                          # an existing zeo.conf replaces ours
 
-It writes ``parts/<part>/etc/zeo.conf`` and ``bin/<part>``, which runs
+It writes ``parts/<part>/etc/zeo.conf``, ``bin/<part>``, which runs
 ``zeoserver -C parts/<part>/etc/zeo.conf --var VAR "$@"``, so
-``bin/zeoserver start|stop|restart|status|fg|logtail`` work.
+``bin/zeoserver start|stop|restart|status|fg|logtail`` work, and
+``bin/zeopack``, which packs storage ``storage-number`` at ``zeo-address``
+to ``pack-days`` days ago (``bin/zeopack --help``; ``-d``, ``-S`` and a
+server on its command line override them).
+
+``socket-name`` is zdaemon's control socket in plone.recipe.zeoserver: the
+file through which ``bin/zeoserver stop|status`` reach the running server.
+There is no zdaemon here; that file is the locked pid file, so
+``socket-name`` names the pid file, as ``pid-file`` does (both may be given
+only if they agree).  ``effective-user`` is passed as ``zeoserver --user``:
+started as root, the server switches to that user before it opens anything.
+``pack-gc`` and ``pack-keep-old`` are settings of the FileStorage, which the
+server packs, so they go into its ``<filestorage>`` section.
 """
 
 from __future__ import annotations
@@ -30,7 +56,14 @@ import os
 from collections.abc import MutableMapping
 from typing import Any
 
-from ._options import PartOptions, python_script, write_file
+import zc.buildout
+from ZConfig.components.logger.handlers import log_format as log_format_datatype
+from ZConfig.datatypes import Registry
+
+from ._options import PartOptions, egg_locations, python_script, write_file
+
+#: ZConfig's own byte-size datatype: 10MB, 512KB, 1GB or bytes.
+BYTE_SIZE = Registry().get("byte-size")
 
 #: ZEO 4 options whose feature is gone, and what to use instead.
 REMOVED = {
@@ -53,10 +86,14 @@ REMOVED = {
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "TRACE", "ALL")
 
 
+DEFAULT_LOG_FORMAT = "%(asctime)s %(message)s"
+
+
 class Recipe:
     def __init__(
         self, buildout: Any, name: str, options: MutableMapping[str, str]
     ) -> None:
+        self.buildout = buildout
         self.name = name
         self.options = options
         self.parsed = PartOptions(name, options)
@@ -72,94 +109,263 @@ class Recipe:
         self.zeo_conf_path = os.path.join(options["location"], "etc", "zeo.conf")
         options["zeo-conf-path"] = self.text_or("zeo-conf", self.zeo_conf_path)
         self.rendered = self.render()
+        self.server_arguments = self.control_arguments()
+        self.zeopack = self.zeopack_script()
+        self.extra_paths = [
+            os.path.join(base, path) for path in self.parsed.text("extra-paths").split()
+        ]
+        self.relative = self.relative_paths()
 
     def text_or(self, option: str, default: str) -> str:
         value = self.parsed.text(option)
         return os.path.join(self.base, value) if value else default
 
+    # -- zeo.conf -------------------------------------------------------------
+
     def render(self) -> str:
         parsed = self.parsed
         var = parsed.path("var", "var", self.base)
         self.var = var
-        address = parsed.address("zeo-address", parsed.text("zeo-address") or "8100")
-        storage_number = parsed.text("storage-number") or "1"
-        if not storage_number.replace("_", "").replace("-", "").isalnum():
+        self.address = parsed.address(
+            "zeo-address", parsed.text("zeo-address") or "8100"
+        )
+        self.storage_number = parsed.text("storage-number") or "1"
+        if not self.storage_number.replace("_", "").replace("-", "").isalnum():
             raise parsed.fail(
-                "storage-number", f"not a storage name: {storage_number!r}"
+                "storage-number", f"not a storage name: {self.storage_number!r}"
             )
+        self.options["pack-days"] = parsed.number("pack-days") or "1"
+        self.pid_file = self.control_file()
+        zeo_log = parsed.path(
+            "zeo-log", os.path.join(var, "log", f"{self.name}.log"), self.base
+        )
+        storage, file_storage, blob_storage = self.storage_section()
+        self.paths = [file_storage, blob_storage, zeo_log, self.pid_file]
+        lines = [
+            f"# Generated by zodbserver:server for [{self.name}]; do not edit.",
+            "<zeo>",
+            *self.zeo_section(),
+            "</zeo>",
+            "",
+            *storage,
+            "",
+            *self.eventlog_section(zeo_log),
+        ]
+        additional = self.options.get("zeo-conf-additional", "").strip("\n")
+        if additional:
+            lines += ["", additional]
+        return "\n".join(lines) + "\n"
+
+    def zeo_section(self) -> list[str]:
+        parsed = self.parsed
+        read_only = parsed.flag("read-only")
+        queue = parsed.integer("invalidation-queue-size", 100, minimum=1)
+        timeout = parsed.number("transaction-timeout", minimum=1)
+        zeo = [
+            f"  address {self.address}",
+            f"  read-only {str(read_only).lower()}",
+            f"  invalidation-queue-size {queue}",
+            f"  pid-filename {self.pid_file}",
+        ]
+        if timeout:
+            zeo.append(f"  transaction-timeout {timeout}")
+        if parsed.flag("client-conflict-resolution"):
+            zeo.append("  client-conflict-resolution true")
+        return zeo
+
+    def storage_section(self) -> tuple[list[str], str, str]:
+        parsed = self.parsed
         file_storage = parsed.path(
-            "file-storage", os.path.join(var, "filestorage", "Data.fs"), self.base
+            "file-storage",
+            os.path.join(self.var, "filestorage", "Data.fs"),
+            self.base,
         )
         if "blob-storage" in self.options:
             blob_text = parsed.text("blob-storage")
             blob_storage = os.path.join(self.base, blob_text) if blob_text else ""
         else:
-            blob_storage = os.path.join(var, "blobstorage")
-        zeo_log = parsed.path(
-            "zeo-log", os.path.join(var, "log", f"{self.name}.log"), self.base
-        )
+            blob_storage = os.path.join(self.var, "blobstorage")
+        lines = [f"<filestorage {self.storage_number}>", f"  path {file_storage}"]
+        if blob_storage:
+            lines.append(f"  blob-dir {blob_storage}")
+        if parsed.flag("read-only"):
+            lines.append("  read-only true")
+        # As plone.recipe.zeoserver: only the non-default value is written.
+        for option in ("pack-gc", "pack-keep-old"):
+            if not parsed.flag(option, default=True):
+                lines.append(f"  {option} false")
+        lines.append("</filestorage>")
+        return lines, file_storage, blob_storage
+
+    def eventlog_section(self, zeo_log: str) -> list[str]:
+        parsed = self.parsed
         level = (parsed.text("zeo-log-level") or "INFO").upper()
         if level not in LOG_LEVELS:
             raise parsed.fail(
                 "zeo-log-level",
                 f"expected one of {', '.join(LOG_LEVELS)}, not {level!r}",
             )
-        queue = parsed.integer("invalidation-queue-size", 100, minimum=1)
-        read_only = parsed.flag("read-only")
-        timeout = parsed.number("transaction-timeout", minimum=1)
-        conflicts = parsed.flag("client-conflict-resolution")
-        self.options["pack-days"] = parsed.number("pack-days") or "1"
-        self.paths = [file_storage, blob_storage, zeo_log]
-
-        zeo = [
-            f"  address {address}",
-            f"  read-only {str(read_only).lower()}",
-            f"  invalidation-queue-size {queue}",
+        log_format = parsed.text("zeo-log-format") or DEFAULT_LOG_FORMAT
+        try:
+            log_format_datatype(log_format)
+        except ValueError:
+            raise parsed.fail(
+                "zeo-log-format",
+                f"not a logging format: {log_format!r} "
+                "(use names such as %(asctime)s %(levelname)s %(message)s)",
+            ) from None
+        logfile = [
+            f"    path {zeo_log}",
+            # ZConfig substitutes $NAME in values: a literal $ is $$.
+            f"    format {log_format.replace('$', '$$')}",
+            *self.rotation(),
         ]
-        if timeout:
-            zeo.append(f"  transaction-timeout {timeout}")
-        if conflicts:
-            zeo.append("  client-conflict-resolution true")
-        storage = [f"  path {file_storage}"]
-        if blob_storage:
-            storage.append(f"  blob-dir {blob_storage}")
-        if read_only:
-            storage.append("  read-only true")
-        additional = self.options.get("zeo-conf-additional", "").strip("\n")
-        lines = [
-            f"# Generated by zodbserver:server for [{self.name}]; do not edit.",
-            "<zeo>",
-            *zeo,
-            "</zeo>",
-            "",
-            f"<filestorage {storage_number}>",
-            *storage,
-            "</filestorage>",
-            "",
+        return [
             "<eventlog>",
             f"  level {level}",
             "  <logfile>",
-            f"    path {zeo_log}",
+            *logfile,
             "  </logfile>",
             "</eventlog>",
         ]
-        if additional:
-            lines += ["", additional]
-        return "\n".join(lines) + "\n"
+
+    def rotation(self) -> list[str]:
+        parsed = self.parsed
+        max_size = parsed.text("zeo-log-max-size")
+        old_files = parsed.integer("zeo-log-old-files", 1, minimum=1)
+        if not max_size:
+            if parsed.text("zeo-log-old-files"):
+                raise parsed.fail(
+                    "zeo-log-old-files",
+                    "rotated files are kept only with zeo-log-max-size",
+                )
+            return []
+        try:
+            size = BYTE_SIZE(max_size)
+        except ValueError:
+            size = 0
+        if size <= 0:  # ZConfig takes 0 as "no rotation"
+            raise parsed.fail(
+                "zeo-log-max-size",
+                f"expected a size such as 10MB, 512KB or 1000000, not {max_size!r}",
+            )
+        return [f"    max-size {max_size}", f"    old-files {old_files}"]
+
+    def control_file(self) -> str:
+        """The pid file, named by pid-file or (for zdaemon's socket) socket-name."""
+        parsed = self.parsed
+        default = os.path.join(self.var, f"{self.name}.pid")
+        pid_file = parsed.path("pid-file", default, self.base)
+        socket_name = parsed.text("socket-name")
+        if not socket_name:
+            return pid_file
+        control = os.path.join(self.base, socket_name)
+        if parsed.text("pid-file") and control != pid_file:
+            raise parsed.fail(
+                "socket-name",
+                "zodbserver has no zdaemon control socket: bin/"
+                f"{self.name} controls the server through its pid file, which "
+                f"socket-name names here, but pid-file names {pid_file}; "
+                "give one of them",
+            )
+        return control
+
+    # -- scripts --------------------------------------------------------------
+
+    def control_arguments(self) -> list[str]:
+        arguments = ["-C", self.options["zeo-conf-path"], "--var", self.var]
+        user = self.parsed.text("effective-user")
+        if user:
+            if any(character.isspace() or character == ":" for character in user):
+                raise self.parsed.fail("effective-user", f"not a user name: {user!r}")
+            arguments += ["--user", user]
+        return arguments
+
+    def zeopack_script(self) -> tuple[str, str | None, list[str] | None] | None:
+        """bin/zeopack as (path, custom script or None, arguments), or None."""
+        parsed = self.parsed
+        name = parsed.text("zeopack-script-name") or "zeopack"
+        if os.sep in name or name.startswith("."):
+            raise parsed.fail("zeopack-script-name", f"not a script name: {name!r}")
+        path = os.path.join(self.options["bin-directory"], name)
+        if "zeopack" not in self.options:
+            arguments = ["-a", self.address, "-S", self.storage_number]
+            return path, None, arguments + ["-d", self.options["pack-days"]]
+        custom = parsed.text("zeopack")
+        if not custom:
+            return None  # plone.recipe.zeoserver: an empty value, no script
+        custom = os.path.join(self.base, custom)
+        if not custom.endswith(".py") or not os.path.isfile(custom):
+            raise parsed.fail(
+                "zeopack", f"expected the path of a Python script, not {custom!r}"
+            )
+        return path, custom, None
+
+    def relative_paths(self) -> str | None:
+        value = self.parsed.text("relative-paths") or self.buildout["buildout"].get(
+            "relative-paths", "false"
+        )
+        if value not in ("true", "false"):
+            raise self.parsed.fail(
+                "relative-paths", f"expected true or false, not {value!r}"
+            )
+        return self.base if value == "true" else None
+
+    def script_paths(self) -> list[str]:
+        eggs = self.parsed.text("eggs").split()
+        if not eggs:
+            return self.extra_paths
+        try:
+            locations = egg_locations(self.buildout, eggs)
+        except zc.buildout.UserError as error:
+            raise self.parsed.fail("eggs", str(error)) from None
+        return locations + self.extra_paths
+
+    def write_script(
+        self,
+        path: str,
+        module: str,
+        arguments: list[str] | None,
+        paths: list[str],
+    ) -> str:
+        text = python_script(
+            module,
+            arguments,
+            paths=paths,
+            relative_to=self.relative,
+            script_directory=self.options["bin-directory"],
+        )
+        return write_file(path, text, executable=True)
+
+    # -- install --------------------------------------------------------------
 
     def install(self) -> list[str]:
-        for path in self.paths:
-            if path:
-                directory = path if path == self.paths[1] else os.path.dirname(path)
+        file_storage, blob_storage, zeo_log, pid_file = self.paths
+        for directory in (
+            os.path.dirname(file_storage),
+            blob_storage,
+            os.path.dirname(zeo_log),
+            os.path.dirname(pid_file),
+        ):
+            if directory:
                 os.makedirs(directory, exist_ok=True)
         installed = [self.options["location"]]
         conf = self.options["zeo-conf-path"]
         if conf == self.zeo_conf_path:
             write_file(conf, self.rendered)
+        paths = self.script_paths()
         script = os.path.join(self.options["bin-directory"], self.name)
-        arguments = ["-C", conf, "--var", self.var]
-        write_file(script, python_script("zodbserver.cli", arguments), executable=True)
-        installed.append(script)
+        installed.append(
+            self.write_script(script, "zodbserver.cli", self.server_arguments, paths)
+        )
+        if self.zeopack is not None:
+            path, custom, arguments = self.zeopack
+            if custom is None:
+                module = "zodbserver.zeopack"
+            else:
+                module = os.path.splitext(os.path.basename(custom))[0]
+                paths = [os.path.dirname(custom), *paths]
+            installed.append(self.write_script(path, module, arguments, paths))
         return installed
 
     update = install
