@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,9 +184,15 @@ def test_folder_added_on_client1_is_seen_on_client2(
     watch_all(pids, zope_buildout)
     try:
         assert run_bin(directory, "zeoserver", "start").returncode == 0
-        for client in ("client1", "client2"):
-            started = run_bin(directory, client, "start")
-            assert started.returncode == 0, started.stdout + started.stderr
+        # Both at once, as an init system would: on the new database their
+        # startups may conflict, and ``start`` must then run fg again.
+        with ThreadPoolExecutor(2) as pool:
+            starting = [
+                pool.submit(run_bin, directory, client, "start")
+                for client in ("client1", "client2")
+            ]
+            for started in (future.result() for future in starting):
+                assert started.returncode == 0, started.stdout + started.stderr
         assert run_bin(directory, "client2", "status").returncode == 0
 
         add_folder = "/manage_addProduct/OFSP/manage_addFolder"

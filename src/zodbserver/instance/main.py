@@ -8,11 +8,15 @@ the instance's log file) and returns once the HTTP port accepts
 connections, or reports why it could not (exit 1, with the last lines the
 failed process logged: a locked Data.fs, a bad zope.conf, ...).  ``stop``
 sends SIGTERM and waits for the process to go (exit 1 when not running).
+``fg`` exits 75 when the application's startup conflicted with another
+instance starting at the same time (a Zope instance's first commits to a
+new database); ``start`` then runs it again, as a supervisor would.
 ``status`` answers 0 running, 1 dead with a stale pid file, 3 not
 running -- the exit codes of ``zeoserver``.  The pid file is locked while
-the instance runs, as the server's is.  The application is ``wsgi.make_app``'s: the
-configured WSGI application in a transaction per request, or a real Zope
-(``application = zope``) that manages its own transactions.
+the instance runs, as the server's is.  The application is
+``wsgi.make_app``'s: the configured WSGI application in a transaction per
+request, or a real Zope (``application = zope``) that manages its own
+transactions.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import sys
 import time
 from typing import Any
 
+from ZODB.POSException import ConflictError
+
 from ..errors import ZodbServerError
 from ..pidfile import AlreadyRunning, PidFile, probe
 from .wsgi import load_settings, make_app
@@ -38,6 +44,14 @@ STATUS_NOT_RUNNING = 3
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 FAILURE_LINES = 5
+#: ``fg``'s exit status when starting raced another instance's first
+#: commits to the database (EX_TEMPFAIL): running it again will work.
+EXIT_TRY_AGAIN = 75
+START_ATTEMPTS = 3
+STARTUP_CONFLICT = (
+    "another instance changed the database while this one was setting it "
+    "up (both starting at once on a new database); run it again"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +84,12 @@ def fg(config_path: str, settings: dict[str, Any]) -> int:
         except ZodbServerError as error:
             print(f"instance cannot start: {error}", file=sys.stderr)
             return EXIT_FAILURE
+        except ConflictError as error:
+            print(
+                f"instance cannot start yet: {STARTUP_CONFLICT} ({error})",
+                file=sys.stderr,
+            )
+            return EXIT_TRY_AGAIN
         try:
             server: Any = waitress.create_server(
                 app, host=settings["http-host"], port=settings["http-port"]
@@ -103,6 +123,27 @@ def start(config_path: str, settings: dict[str, Any]) -> int:
         return EXIT_FAILURE
     log_file = settings["log-file"]
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        process, log_start = _launch(config_path, log_file)
+        if _wait_until_listening(process, settings):
+            print(f"instance started, pid {process.pid}")
+            return EXIT_OK
+        if process.returncode is None:
+            process.terminate()
+            print(f"instance did not listen within {START_TIMEOUT:g}s", file=sys.stderr)
+            return EXIT_FAILURE
+        if process.returncode != EXIT_TRY_AGAIN or attempt == START_ATTEMPTS:
+            print(
+                f"instance failed to start (exit {process.returncode}); see {log_file}",
+                file=sys.stderr,
+            )
+            print(_last_error(log_file, log_start), file=sys.stderr)
+            return EXIT_FAILURE
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _launch(config_path: str, log_file: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``fg`` as a detached process logging to ``log_file``; where it starts."""
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(
@@ -118,22 +159,21 @@ def start(config_path: str, settings: dict[str, Any]) -> int:
             start_new_session=True,
             env=environment,
         )
+    return process, log_start
+
+
+def _wait_until_listening(
+    process: subprocess.Popen[bytes], settings: dict[str, Any]
+) -> bool:
+    """True once the HTTP port answers; False if the process exits first."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            print(
-                f"instance failed to start (exit {process.returncode}); see {log_file}",
-                file=sys.stderr,
-            )
-            print(_last_error(log_file, log_start), file=sys.stderr)
-            return EXIT_FAILURE
+            return False
         if _listening(settings["http-host"], settings["http-port"]):
-            print(f"instance started, pid {process.pid}")
-            return EXIT_OK
+            return True
         time.sleep(0.1)
-    process.terminate()
-    print(f"instance did not listen within {START_TIMEOUT:g}s", file=sys.stderr)
-    return EXIT_FAILURE
+    return False
 
 
 def stop(config_path: str, settings: dict[str, Any]) -> int:
