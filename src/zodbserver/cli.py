@@ -36,6 +36,13 @@ stale file left by ``kill -9`` is recognised.  The command writes the pid file
 itself (the server core is told not to), also in read-only mode, because
 ``stop`` and ``status`` need it.
 
+``--user NAME`` (plone.recipe.zeoserver's ``effective-user``): ``fg``,
+``start`` and ``restart``, started as root, switch to that user and its
+groups before they create a directory, open the log, lock the pid file or
+open a storage, so every file the server writes is the user's (the
+directories it uses must be writable by that user).  Started as that user
+already, it changes nothing; started as any other user, it fails.
+
 Signals (handled by the server core): TERM and INT shut down gracefully and
 exit 0; USR2 reopens the log files (for logrotate).  HUP exits 1 meaning
 "restart me", as in ZEO: ``fg`` exits 1 for its service manager to restart
@@ -49,6 +56,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pwd
 import select
 import signal
 import sys
@@ -145,6 +153,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.read_only:
         settings = dataclasses.replace(settings, read_only=True)
         options.append("--read-only")
+    if args.user is not None:
+        options += ["--user", args.user]
     pid_file = settings.pid_filename or os.path.join(var, "zeoserver.pid")
     # The command keeps the pid file (see the module docstring).
     config = config.replace(settings=dataclasses.replace(settings, pid_filename=None))
@@ -307,6 +317,53 @@ def _reexec(plan: Plan) -> None:
     logging.shutdown()
     argv = _daemon_argv(plan, None)
     os.execv(argv[0], argv)
+
+
+# -- the user the server runs as ---------------------------------------------
+
+
+def find_user(name: str) -> pwd.struct_passwd:
+    """The account named ``name`` (or numbered, as ``1000``)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        if name.isdigit():
+            with contextlib.suppress(KeyError):
+                return pwd.getpwuid(int(name))
+    raise ConfigurationError(f"--user: no such user: {name!r}")
+
+
+def switch_user(user: pwd.struct_passwd) -> str | None:
+    """Run as ``user`` from now on; why that is impossible, or None."""
+    current = os.geteuid()
+    if current == user.pw_uid:
+        return None
+    if current != 0:
+        try:
+            current_name = pwd.getpwuid(current).pw_name
+        except KeyError:
+            current_name = str(current)
+        return (
+            f"--user {user.pw_name}: only root can switch to another user; "
+            f"running as {current_name}"
+        )
+    # Groups first: after setuid there is no right left to change them.
+    os.initgroups(user.pw_name, user.pw_gid)
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+    os.environ.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    return None
+
+
+def _become(user: pwd.struct_passwd | None) -> int | None:
+    """Switch to ``user`` if one is given; an exit status if that fails."""
+    if user is None:
+        return None
+    problem = switch_user(user)
+    if problem is None:
+        return None
+    print(f"{PROGRAM}: {problem}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 # -- start, stop, status, logtail --------------------------------------------
@@ -597,6 +654,13 @@ def _server_options(suppress: bool) -> argparse.ArgumentParser:
         help="refuse every write",
     )
     group.add_argument(
+        "--user",
+        metavar="NAME",
+        default=default(None),
+        help="run the server as this user (fg, start, restart; needs root "
+        "unless already that user)",
+    )
+    group.add_argument(
         "--var",
         metavar="DIR",
         default=default("var"),
@@ -698,15 +762,16 @@ def main(argv: list[str] | None = None) -> int:
     text = args.address_text
     args.address = None if text is None else parse_address(text)
     try:
+        user = None if args.user is None else find_user(args.user)
         plan = make_plan(args)
     except ConfigurationError as error:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
     if args.command == "fg":
-        return serve(plan, daemon=args.daemon, ready_fd=args.ready_fd)
+        return _become(user) or serve(plan, daemon=args.daemon, ready_fd=args.ready_fd)
     if args.command == "start":
-        return start(plan, args.timeout)
+        return _become(user) or start(plan, args.timeout)
     if args.command == "stop":
         return stop(plan, args.timeout)
     if args.command == "restart":
@@ -714,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
             stopped = stop(plan, args.timeout)
             if stopped != EXIT_OK:
                 return stopped
-        return start(plan, args.timeout)
+        return _become(user) or start(plan, args.timeout)
     if args.command == "status":
         return status(plan)
     if args.command == "logtail":

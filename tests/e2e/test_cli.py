@@ -432,3 +432,95 @@ def test_logtail_without_a_log(workdir):
     result = zeoserver("logtail", "--no-follow", cwd=workdir)
     assert result.returncode == 1
     assert "no log file" in result.stderr
+
+
+# -- --user (the buildout recipe's effective-user) ----------------------------
+
+#: ``zeoserver fg`` with the modules it needs imported before ``--user``
+#: takes effect: the interpreter may live where the other user cannot read
+#: (here under a 0700 home directory), and a server switching users only
+#: needs the files it serves to be that user's.
+PREIMPORTED_CLI = [
+    sys.executable,
+    "-c",
+    "import sys, encodings.idna, zodbserver.cli, zodbserver.server.main, "
+    "zodbserver.config, ZODB.FileStorage, ZConfig.components.logger.loghandler; "
+    "sys.exit(zodbserver.cli.main(sys.argv[1:]))",
+]
+
+
+def process_ids(pid: int, field: str) -> set[int]:
+    """The numbers on the ``field:`` line of /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, values = line.partition(":")
+        if name == field:
+            return {int(value) for value in values.split()}
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_fg_as_root_runs_as_the_given_user(tmp_path):
+    import pwd
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    # A directory that user can reach (pytest's tmp_path is root's, 0700).
+    workdir = Path(tempfile.mkdtemp(prefix="zodbserver-user-"))
+    workdir.chmod(0o755)
+    var = workdir / "var"
+    var.mkdir()
+    os.chown(var, nobody.pw_uid, nobody.pw_gid)
+    args = [*ANY_PORT, "--var", str(var), "--user", "nobody", "fg"]
+    try:
+        with subprocess.Popen(
+            [*PREIMPORTED_CLI, *args], cwd=workdir, stderr=subprocess.PIPE
+        ) as process:
+            try:
+                port = _port_from(process, timeout=COMMAND_TIMEOUT)
+                # Real, effective, saved and filesystem ids, all switched.
+                assert process_ids(process.pid, "Uid") == {nobody.pw_uid}
+                assert process_ids(process.pid, "Gid") == {nobody.pw_gid}
+                assert 0 not in process_ids(process.pid, "Groups")
+                assert commit_and_read(port, "as-nobody") == {"as-nobody": 1}
+                for name in ("filestorage/Data.fs", "zeoserver.pid"):
+                    assert (var / name).stat().st_uid == nobody.pw_uid, name
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=COMMAND_TIMEOUT) == 0
+            finally:
+                if process.poll() is None:
+                    process.kill()
+    finally:
+        subprocess.run(["rm", "-rf", str(workdir)], check=True)
+
+
+def test_unknown_user_exits_2(workdir):
+    result = zeoserver("--user", "no-such-user-here", "status", cwd=workdir)
+    assert result.returncode == 2
+    assert "--user: no such user: 'no-such-user-here'" in result.stderr
+
+
+def test_only_root_switches_users(workdir, monkeypatch, capsys):
+    """Started as another user, --user fails before anything is created."""
+    import pwd
+
+    import zodbserver.cli
+
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setattr(os, "geteuid", lambda: nobody.pw_uid)
+    var = workdir / "var"
+    status = zodbserver.cli.main(["--var", str(var), "--user", "root", "fg"])
+    assert status == 1
+    assert "only root can switch to another user; running as nobody" in (
+        capsys.readouterr().err
+    )
+    assert not var.exists()
+
+
+def test_the_same_user_is_no_switch(workdir):
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    with foreground(*ANY_PORT, "--user", me, cwd=workdir) as (process, port):
+        assert commit_and_read(port, "same") == {"same": 1}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=COMMAND_TIMEOUT) == 0
