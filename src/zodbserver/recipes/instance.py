@@ -17,8 +17,7 @@ Options (plone.recipe.zope2instance's names for the ZEO client part)::
     application = zodbserver.instance.demo:application
     conflict-retries = 3
     var = ${buildout:directory}/var
-
-    zodb-cache-size =                # objects per connection (ZODB's 400)
+    zodb-cache-size =                # objects per connection (ZODB's 5000)
 
 The application is a WSGI application (``module:callable``) that finds
 its database connection in ``environ["zodbserver.connection"]`` and the
