@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ import ZODB
 from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import ConflictError
 
-from zodbserver.instance import TransactionMiddleware
+from zodbserver.instance import TransactionMiddleware, make_app
 from zodbserver.instance.demo import ROOT_KEY, application
 
 
@@ -93,3 +95,24 @@ def test_conflict_retries_run_out(db: ZODB.DB) -> None:
     status, _ = call(TransactionMiddleware(db, always, 1), "GET", "/k")
     assert status == "409 Conflict"
     assert len(attempts) == 2
+
+
+def test_make_app_builds_the_stack_from_instance_json(tmp_path: Path) -> None:
+    settings = {
+        "application": "zodbserver.instance.demo:application",
+        "conflict-retries": 2,
+        "zodb-conf": "<zodb>\n  <mappingstorage/>\n</zodb>\n",
+    }
+    config = tmp_path / "instance.json"
+    config.write_text(json.dumps(settings))
+    app = make_app(str(config))
+    try:
+        assert isinstance(app, TransactionMiddleware)
+        assert app.conflict_retries == 2
+        assert call(app, "PUT", "/k", b"v")[0] == "201 Created"
+        assert call(app, "GET", "/k") == ("200 OK", b"v")
+    finally:
+        storage = app.db.storage
+        app.close()
+    assert isinstance(storage, MappingStorage)
+    assert not storage.opened()
