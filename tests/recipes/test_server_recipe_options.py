@@ -263,7 +263,9 @@ def test_eggs_and_extra_paths_go_on_the_scripts_path(tmp_path: Path) -> None:
     import ZEO
 
     location = str(Path(ZEO.__file__).parents[1])
-    install_server(tmp_path, eggs="ZEO", **{"extra-paths": "lib\n/opt/shared"})
+    install_server(
+        tmp_path, eggs="ZEO >= 5\nBTrees", **{"extra-paths": "lib\n/opt/shared"}
+    )
     for name in ("zeoserver", "zeopack"):
         text = (tmp_path / "bin" / name).read_text()
         paths = text[text.index("paths = [") : text.index("]\n")]

@@ -84,8 +84,6 @@ REMOVED = {
 }
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "TRACE", "ALL")
-
-
 DEFAULT_LOG_FORMAT = "%(asctime)s %(message)s"
 
 
@@ -112,9 +110,17 @@ class Recipe:
         self.server_arguments = self.control_arguments()
         self.zeopack = self.zeopack_script()
         self.extra_paths = [
-            os.path.join(base, path) for path in self.parsed.text("extra-paths").split()
+            os.path.join(base, path) for path in self.lines("extra-paths")
         ]
         self.relative = self.relative_paths()
+
+    def lines(self, option: str) -> list[str]:
+        """One value a line, as zc.recipe.egg reads eggs and extra-paths."""
+        return [
+            line.strip()
+            for line in self.parsed.text(option).splitlines()
+            if line.strip()
+        ]
 
     def text_or(self, option: str, default: str) -> str:
         value = self.parsed.text(option)
@@ -312,7 +318,7 @@ class Recipe:
         return self.base if value == "true" else None
 
     def script_paths(self) -> list[str]:
-        eggs = self.parsed.text("eggs").split()
+        eggs = self.lines("eggs")
         if not eggs:
             return self.extra_paths
         try:
