@@ -13,6 +13,7 @@ Add our own server here when it exists: every test parametrised over
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -28,6 +29,20 @@ class ServerStarter(Protocol):
         blob_dir: str | None = None,
         **options: Any,
     ) -> tuple[Any, Callable[[], None]]: ...
+
+
+def wait_for_commit(writer: Any, reader: Any, timeout: float = 10) -> None:
+    """Wait (bounded) until ``reader`` has the invalidation of ``writer``'s
+    last commit.
+
+    ``server_sync``'s ping is not enough against ZEO's threaded test server,
+    which may answer the ping before it sends the invalidation.
+    """
+    committed = writer.lastTransaction()
+    deadline = time.monotonic() + timeout
+    while reader.lastTransaction() < committed:
+        assert time.monotonic() < deadline, "the invalidation never came"
+        reader.wait_until_disconnected(0.01)
 
 
 def _zeo(msgpack: bool) -> ServerStarter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from zodbserver.client import ClientStorage
 from zodbserver.client.blobs import BlobFiles
 
 from .conftest import ServerHandle
+from .servers import wait_for_commit
 
 
 @pytest.fixture
@@ -54,13 +54,7 @@ def _write_then_read(writer: ZODB.DB, reader: ZODB.DB, payload: bytes) -> bytes:
             file.write(payload)
         conn1.root()["blob"] = blob
         tm1.commit()
-        # Wait (bounded) for the reader to have the writer's invalidation:
-        # ZEO's threaded test server may answer server_sync's ping first.
-        committed = writer.storage.lastTransaction()
-        deadline = time.monotonic() + 10
-        while reader.storage.lastTransaction() < committed:
-            assert time.monotonic() < deadline, "the invalidation never came"
-            reader.storage.wait_until_disconnected(0.01)
+        wait_for_commit(writer.storage, reader.storage)
         tm2.begin()
         with conn2.root()["blob"].open() as file:
             data: bytes = file.read()

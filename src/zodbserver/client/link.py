@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -39,6 +39,8 @@ from .exceptions import EXPECTED_ERRORS, ClientDisconnected, exception_from_repl
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int] | str
+#: An async call waiting to be sent: ``(method, args)``.
+QueuedCall = tuple[str, tuple[Any, ...]]
 
 
 class LinkOwner(Protocol):
@@ -204,6 +206,26 @@ class ServerLink(asyncio.Protocol):
         if not self.is_open:
             raise ClientDisconnected(f"not connected to {self.address!r}")
         self._write(self._connection.call_async(method, args))
+
+    def call_async_many(
+        self,
+        calls: Iterable[QueuedCall],
+        on_error: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        """Send async calls in one write; one that cannot be encoded is
+        logged, reported to ``on_error`` and left out."""
+        if not self.is_open:
+            raise ClientDisconnected(f"not connected to {self.address!r}")
+        frames = []
+        for method, args in calls:
+            try:
+                frames.append(self._connection.call_async(method, args))
+            except Exception as exc:
+                logger.error("cannot send %s: %s", method, exc)
+                if on_error is not None:
+                    on_error(exc)
+        if frames and self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(frames)
 
     def heartbeat(self) -> None:
         if self.is_open:

@@ -36,7 +36,7 @@ import contextlib
 import logging
 import random
 import ssl as ssl_module
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from ZODB import POSException
@@ -44,7 +44,7 @@ from ZODB.utils import z64
 
 from .cache import ClientCache
 from .exceptions import ClientDisconnected
-from .link import Address, ServerLink
+from .link import Address, QueuedCall, ServerLink
 
 logger = logging.getLogger(__name__)
 
@@ -493,27 +493,36 @@ class ConnectionManager:
         return link
 
     async def call_in_generation(
-        self, method: str, args: tuple[Any, ...], generation: int
-    ) -> Any:
-        """A call that must reach the connection of ``generation``, or fail."""
-        return await self._link_of(generation).call(method, args)
-
-    def send_async(
         self,
         method: str,
         args: tuple[Any, ...],
         generation: int,
+        *,
+        preceding: Sequence[QueuedCall] = (),
+        on_error: Callable[[BaseException], object] | None = None,
+    ) -> Any:
+        """A call that must reach the connection of ``generation``, or fail.
+
+        ``preceding`` async calls are sent first, in the same write.
+        """
+        link = self._link_of(generation)
+        if preceding:
+            link.call_async_many(preceding, on_error)
+        return await link.call(method, args)
+
+    def send_calls(
+        self,
+        calls: Sequence[QueuedCall],
+        generation: int,
         on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
-        """Send an async call unless the connection it was meant for is gone."""
+        """Send async calls unless the connection they were meant for is gone."""
         try:
-            self._link_of(generation).call_async(method, args)
+            link = self._link_of(generation)
         except ClientDisconnected:
-            logger.debug("dropping %s for a lost connection", method)
-        except Exception as exc:
-            logger.error("cannot send %s: %s", method, exc)
-            if on_error is not None:
-                on_error(exc)
+            logger.debug("dropping %d calls for a lost connection", len(calls))
+            return
+        link.call_async_many(calls, on_error)
 
     async def send_blob(
         self, path: str, store_args: tuple[Any, ...], generation: int

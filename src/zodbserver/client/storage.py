@@ -43,7 +43,7 @@ from .cache_file import CacheFile, cache_path
 from .connection import ClientThread
 from .exceptions import ClientDisconnected
 from .iterators import IteratorRegistry, TransactionIterator
-from .link import Address, ServerLink
+from .link import Address, QueuedCall, ServerLink
 from .manager import ConnectionManager, Update
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ _OPTIONAL_INTERFACES = (
 )
 
 _VOTE_ROUNDS = 9  # conflict-resolution rounds before giving up, as ZEO
+
+#: A transaction's async calls (stores, ...) wait in the application thread
+#: and cross to the connection thread in batches of this many calls or bytes:
+#: one wake-up and one socket write per batch rather than per store.
+_BATCH_CALLS = 128
+_BATCH_BYTES = MB
 
 
 def normalize_addresses(addr: Any) -> list[Address]:
@@ -95,6 +101,23 @@ class _CommitBuffer:
         self.client_resolved: set[bytes] = set()
         self.blobs: list[tuple[bytes, str]] = []  # (oid, uploaded file)
         self.error: BaseException | None = None
+        self._calls: list[QueuedCall] = []  # async calls not yet handed over
+        self._call_bytes = 0
+
+    def queue(self, method: str, args: tuple[Any, ...]) -> bool:
+        """Queue an async call; true when the batch should go now."""
+        self._calls.append((method, args))
+        self._call_bytes += sum(len(arg) for arg in args if isinstance(arg, bytes))
+        return len(self._calls) >= _BATCH_CALLS or self._call_bytes >= _BATCH_BYTES
+
+    def take_calls(self) -> list[QueuedCall]:
+        calls, self._calls, self._call_bytes = self._calls, [], 0
+        return calls
+
+    def failed(self, exc: BaseException) -> None:
+        """An async call could not be sent: the vote reports it."""
+        if self.error is None:
+            self.error = exc
 
     def updates(self) -> list[Update]:
         updates: list[Update] = [
@@ -242,13 +265,16 @@ class ClientStorage(ConflictResolvingStorage):
         """An async call belonging to the transaction ``buffer`` records."""
         if buffer.generation != self._manager.generation:
             raise ClientDisconnected(method, "on a disconnected transaction")
+        if buffer.queue(method, args):
+            self._flush(buffer)
 
-        def failed(exc: BaseException) -> None:
-            buffer.error = exc
-
-        self._thread.call_soon(
-            self._manager.send_async, method, args, buffer.generation, failed
-        )
+    def _flush(self, buffer: _CommitBuffer) -> None:
+        """Hand the queued async calls of ``buffer`` to the connection thread."""
+        calls = buffer.take_calls()
+        if calls:
+            self._thread.call_soon(
+                self._manager.send_calls, calls, buffer.generation, buffer.failed
+            )
 
     # -- the listener side: called on the connection thread ---------------
 
@@ -444,9 +470,8 @@ class ClientStorage(ConflictResolvingStorage):
     def _release_iterators(self, iids: list[int]) -> None:
         if iids and self._manager.operational:
             self._thread.call_soon(
-                self._manager.send_async,
-                "iterator_gc",
-                (iids,),
+                self._manager.send_calls,
+                [("iterator_gc", (iids,))],
                 self._manager.generation,
             )
 
@@ -579,6 +604,7 @@ class ClientStorage(ConflictResolvingStorage):
             return
         if buffer.generation != self._manager.generation:
             raise ClientDisconnected("storeBlob", "on a disconnected transaction")
+        self._flush(buffer)  # the queued calls go before the upload
         # Streamed from the connection thread; this thread waits for it.
         self._thread.run(
             self._manager.send_blob(
@@ -639,7 +665,13 @@ class ClientStorage(ConflictResolvingStorage):
     def _vote_rounds(self, txn: Any, buffer: _CommitBuffer) -> None:
         for _ in range(_VOTE_ROUNDS):
             result = self._thread.run(
-                self._manager.call_in_generation("vote", (id(txn),), buffer.generation)
+                self._manager.call_in_generation(
+                    "vote",
+                    (id(txn),),
+                    buffer.generation,
+                    preceding=buffer.take_calls(),
+                    on_error=buffer.failed,
+                )
             )
             conflicts = False
             for item in result or ():
@@ -680,6 +712,7 @@ class ClientStorage(ConflictResolvingStorage):
         buffer = self._buffer
         if txn is not self._transaction or buffer is None:
             return
+        buffer.take_calls()  # never sent: nothing to undo on the server
         try:
             if buffer.generation == self._manager.generation:
                 self._thread.run(
