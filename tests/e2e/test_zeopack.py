@@ -60,8 +60,16 @@ class Server:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 30
-        while Path(f"/proc/{self.pid}").exists() and time.monotonic() < deadline:
+        while self.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def alive(self) -> bool:
+        """Whether the process exists and is no zombie waiting for init."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -198,7 +206,7 @@ def test_named_storage(tmp_path: Path, servers) -> None:
     assert run(ZEOPACK, "-a", server.address, "-S", "main").returncode == 0
     assert server.data_fs.stat().st_size < size_before
 
-    wrong = run(ZEOPACK, "-a", server.address, "-S", "1", "--wait-timeout", "2")
+    wrong = run(ZEOPACK, "-a", server.address, "-S", "1", "--wait-timeout", "0.5")
     assert wrong.returncode == 1
     assert "storage '1'" in wrong.stderr
 
