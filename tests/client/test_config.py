@@ -271,10 +271,11 @@ def test_connection_tuning_keys(
     storage = open_storage(
         _section(
             f"{_server_line(address)}\nserver-sync true\nclient-label web-7\n"
-            "min-disconnect-poll 2\nmax-disconnect-poll 1m"
+            "min-disconnect-poll 2\nmax-disconnect-poll 1m\nreadahead 0"
         )
     )
     assert storage.server_sync
+    assert not storage._manager.readahead.enabled
     assert storage._manager.client_label == "web-7"
     assert storage._manager.min_poll == 2
     assert storage._manager.max_poll == 60
@@ -447,6 +448,7 @@ def test_ssl_bad_certificate_names_the_key(tmp_path: Any) -> None:
         ("shared-blob-dir perhaps", "shared-blob-dir"),
         ("server-sync often", "server-sync"),
         ("wait forever", "wait"),
+        ("readahead -3", "readahead"),
         ("wait-timeout soon", "wait-timeout"),
         ("wait-timeout -1", "wait-timeout"),
         ("min-disconnect-poll quick", "min-disconnect-poll"),

@@ -175,6 +175,7 @@ def test_every_parameter() -> None:
         "&cache_size=20MB&blob_cache_size=500KB&blob_cache_size_check=25"
         "&read_only=1&read_only_fallback=off&shared_blob_dir=yes&server_sync=true"
         "&wait=no&wait_timeout=1m&min_disconnect_poll=2&max_disconnect_poll=90s"
+        "&readahead=64"
     )
     assert options == {
         "storage": "main",
@@ -195,6 +196,7 @@ def test_every_parameter() -> None:
         "wait_timeout": 60.0,
         "min_disconnect_poll": 2.0,
         "max_disconnect_poll": 90.0,
+        "readahead": 64,
     }
 
 
@@ -223,6 +225,8 @@ def test_database_parameters_pass_through() -> None:
         ("wait_timeout=-3", "wait_timeout"),
         ("min_disconnect_poll=inf", "min_disconnect_poll"),
         ("max_disconnect_poll=x", "max_disconnect_poll"),
+        ("readahead=-1", "readahead"),
+        ("readahead=many", "readahead"),
         ("colour=blue", "colour"),
         ("cache-size=20MB", "cache-size"),
         ("storage=a&storage=b", "storage"),

@@ -18,8 +18,9 @@ Everything here runs on the connection thread's event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -70,6 +71,7 @@ class ServerLink(asyncio.Protocol):
         self._connection = ClientConnection(find_global=exception_global)
         self._transport: asyncio.Transport | None = None
         self._pending: dict[Any, _Pending] = {}
+        self._corked: list[bytes] | None = None
         self._last_msgid = 0
         self._lost = False
         #: Set while the send buffer is below its high-water mark.
@@ -216,23 +218,37 @@ class ServerLink(asyncio.Protocol):
         logged, reported to ``on_error`` and left out."""
         if not self.is_open:
             raise ClientDisconnected(f"not connected to {self.address!r}")
-        frames = []
-        for method, args in calls:
-            try:
-                frames.append(self._connection.call_async(method, args))
-            except Exception as exc:
-                logger.error("cannot send %s: %s", method, exc)
-                if on_error is not None:
-                    on_error(exc)
-        if frames and self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(frames)
+        with self.corked():
+            for method, args in calls:
+                try:
+                    self._write(self._connection.call_async(method, args))
+                except Exception as exc:
+                    logger.error("cannot send %s: %s", method, exc)
+                    if on_error is not None:
+                        on_error(exc)
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """Hold back what is written inside, then send it in one write."""
+        if self._corked is not None:  # already corked by a caller
+            yield
+            return
+        self._corked = []
+        try:
+            yield
+        finally:
+            frames, self._corked = self._corked, None
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.writelines(frames)
 
     def heartbeat(self) -> None:
         if self.is_open:
             self._write(self._connection.heartbeat())
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if self._corked is not None:
+            self._corked.append(data)
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
     def peername(self) -> Any:

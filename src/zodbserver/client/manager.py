@@ -45,6 +45,7 @@ from ZODB.utils import z64
 from .cache import ClientCache
 from .exceptions import ClientDisconnected
 from .link import Address, QueuedCall, ServerLink
+from .readahead import Readahead
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ class ConnectionManager:
         ssl: ssl_module.SSLContext | None = None,
         ssl_server_hostname: str | None = None,
         blobs: BlobReceiver | None = None,
+        readahead: int = 0,
     ) -> None:
         self.addresses = addresses
+        self.readahead = Readahead(readahead)
         self.blobs = blobs
         self.storage_key = storage_key
         self.cache = cache
@@ -550,11 +553,13 @@ class ConnectionManager:
 
     def _load(self, link: ServerLink, oid: bytes, before: bytes) -> asyncio.Future[Any]:
         cache = self.cache
+        readahead = self.readahead
 
         def remember(result: Any) -> Any:
             if result and isinstance(result[0], bytes):
                 data, start, end = result
                 cache.store(oid, start, end, data)
+                readahead.loaded(oid, data)
                 return (data, start, end)
             return None
 
@@ -565,22 +570,27 @@ class ConnectionManager:
     async def load_before(
         self, oid: bytes, before: bytes, patience: float
     ) -> tuple[bytes, bytes, bytes | None] | None:
+        """Load for the application, which missed ``oid`` in the cache."""
+        siblings = self.readahead.missed(oid)
         cached = self.cache.load_before(oid, before)
         if cached is not None:
             return cached
         link = await self.operational_link(patience)
-        result: tuple[bytes, bytes, bytes | None] | None
-        result = await self._load(link, oid, before)
-        return result
+        result = self._load(link, oid, before)
+        if siblings:
+            self.prefetch(tuple(siblings), before)
+        loaded: tuple[bytes, bytes, bytes | None] | None = await result
+        return loaded
 
     def prefetch(self, oids: tuple[bytes, ...], before: bytes) -> None:
         """Start loading ``oids`` into the cache without waiting."""
         link = self.active
         if link is None or not self.operational:
             return
-        for oid in oids:
-            if self.cache.load_before(oid, before) is None:
-                self._load(link, oid, before).add_done_callback(_ignore_outcome)
+        with link.corked():
+            for oid in oids:
+                if self.cache.load_before(oid, before) is None:
+                    self._load(link, oid, before).add_done_callback(_ignore_outcome)
 
     async def tpc_finish(
         self,

@@ -59,6 +59,9 @@ _OPTIONAL_INTERFACES = (
     ZODB.interfaces.IExternalGC,
 )
 
+#: Most siblings prefetched at a time by readahead (``readahead.py``).
+DEFAULT_READAHEAD = 512
+
 _VOTE_ROUNDS = 9  # conflict-resolution rounds before giving up, as ZEO
 
 #: A transaction's async calls (stores, ...) wait in the application thread
@@ -152,6 +155,9 @@ class ClientStorage(ConflictResolvingStorage):
     (called at every transaction start) a round trip, so a transaction sees
     every commit that finished before it began.  ``min_disconnect_poll`` and
     ``max_disconnect_poll`` bound the reconnect backoff in seconds.
+    ``readahead``: when the application loads several children of one
+    object from the server, prefetch up to this many of their siblings at a
+    time (``readahead.py``); 0 turns it off.
     """
 
     def __init__(
@@ -178,6 +184,7 @@ class ClientStorage(ConflictResolvingStorage):
         shared_blob_dir: bool = False,
         blob_cache_size: int | None = None,
         blob_cache_size_check: int = 10,
+        readahead: int = DEFAULT_READAHEAD,
         # Accepted for compatibility with ZEO's signature, and ignored:
         disconnect_poll: float | None = None,
         drop_cache_rather_verify: bool = True,
@@ -241,6 +248,7 @@ class ClientStorage(ConflictResolvingStorage):
                 ssl=ssl,
                 ssl_server_hostname=ssl_server_hostname,
                 blobs=self._blobs,
+                readahead=int(readahead),
             )
 
         self._thread = ClientThread(make_manager, self.__name__)

@@ -20,7 +20,7 @@ with ``_`` for ``-``, and take the same values:
     read_only, read_only_fallback, shared_blob_dir, server_sync, wait
     (true/false, on/off, yes/no, 1/0);
     wait_timeout, min_disconnect_poll, max_disconnect_poll (seconds: 30,
-    30s, 5m); blob_cache_size_check (a percentage).
+    30s, 5m); blob_cache_size_check (a percentage); readahead (a count).
 
 For example ``zodbserver://db.example:8100?storage=main&cache_size=200MB
 &client=web&var=/var/cache/zodb&database_name=main``.
@@ -45,6 +45,7 @@ from .storage import ClientStorage
 from .zconfig import (
     parse_boolean,
     parse_byte_size,
+    parse_count,
     parse_percentage,
     parse_seconds,
 )
@@ -72,6 +73,7 @@ _PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "cache_size": ("cache_size", parse_byte_size),
     "blob_cache_size": ("blob_cache_size", parse_byte_size),
     "blob_cache_size_check": ("blob_cache_size_check", parse_percentage),
+    "readahead": ("readahead", parse_count),
     "read_only": ("read_only", parse_boolean),
     "read_only_fallback": ("read_only_fallback", parse_boolean),
     "shared_blob_dir": ("shared_blob_dir", parse_boolean),

@@ -90,6 +90,17 @@ def parse_seconds(value: str) -> float:
     return number
 
 
+def parse_count(value: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must be 0 or more: {value!r}")
+    return number
+
+
 def parse_percentage(value: str) -> int:
     """A whole number from 1 to 100."""
     try:
@@ -144,6 +155,7 @@ shared_blob_dir = _naming("shared-blob-dir", parse_boolean)
 read_only = _naming("read-only", parse_boolean)
 read_only_fallback = _naming("read-only-fallback", parse_boolean)
 server_sync = _naming("server-sync", parse_boolean)
+readahead = _naming("readahead", parse_count)
 wait = _naming("wait", parse_boolean)
 wait_timeout = _naming("wait-timeout", parse_seconds)
 min_disconnect_poll = _naming("min-disconnect-poll", parse_seconds)
@@ -242,6 +254,7 @@ class ClientStorageConfig(ZODB.config.BaseConfig):
         }
         optional = {
             "blob_cache_size_check": config.blob_cache_size_check,
+            "readahead": config.readahead,
             "min_disconnect_poll": config.min_disconnect_poll,
             "max_disconnect_poll": config.max_disconnect_poll,
         }
