@@ -2,18 +2,21 @@
 
 ``ClientThread`` starts a daemon thread running an asyncio loop (uvloop's
 when it is importable) and the ``ConnectionManager`` on it.  Application
-threads never touch the loop's objects directly: synchronous calls cross as
-coroutines with ``run_coroutine_threadsafe`` and wait on the returned
-future; asynchronous calls are queued with ``call_soon_threadsafe`` and
-tagged with the connection generation they were meant for.
+threads never touch the loop's objects directly: synchronous calls cross
+with ``call_soon_threadsafe`` (``wait_for``: a function run on the loop
+returns what to wait for, and the application thread waits on a plain lock)
+or as coroutines with ``run_coroutine_threadsafe`` (``run``); asynchronous
+calls are queued with ``call_soon_threadsafe`` and tagged with the
+connection generation they were meant for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from .exceptions import ClientDisconnected
@@ -98,6 +101,58 @@ class ClientThread:
             return future.result(timeout)
         finally:
             del future  # the future holds the traceback, which holds us
+
+    def wait_for(
+        self,
+        start: Callable[..., Awaitable[Any] | Any],
+        *args: Any,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run ``start(*args)`` on the loop and wait for what it returns.
+
+        ``start`` returns a future or coroutine to wait for, or the result
+        itself.  This is the cheap crossing for the hot paths (loads, vote,
+        finish): one ``call_soon_threadsafe`` there and a lock released on
+        the way back, with no task or chained future when ``start`` returns
+        a future.
+        """
+        if self.is_loop_thread:
+            raise RuntimeError("a blocking storage call from the connection thread")
+        done = threading.Lock()
+        done.acquire()
+        outcome: list[Any] = []
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            outcome.extend((result, error))
+            done.release()
+
+        def finished(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                settle(None, ClientDisconnected("the call was cancelled"))
+            else:
+                error = future.exception()
+                settle(None if error else future.result(), error)
+
+        def begin() -> None:
+            try:
+                pending = start(*args)
+                if not inspect.isawaitable(pending):
+                    settle(pending, None)
+                    return
+                asyncio.ensure_future(pending).add_done_callback(finished)
+            except BaseException as exc:
+                settle(None, exc)
+
+        self.call_soon(begin)
+        if not done.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"no answer within {timeout} seconds")
+        result, error = outcome
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error, outcome  # the traceback would hold this frame
+        return result
 
     def call_soon(self, function: Callable[..., object], *args: Any) -> None:
         if self._closed:

@@ -36,7 +36,7 @@ import contextlib
 import logging
 import random
 import ssl as ssl_module
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from ZODB import POSException
@@ -55,6 +55,8 @@ _BLOB_READ_SIZE = 16 * _BLOB_CHUNK_SIZE
 
 #: One buffered store of a transaction: (oid, data or None, server_resolved).
 Update = tuple[bytes, bytes | None, bool]
+#: What ``loadBefore`` answers: ``(data, start, end)``, or None.
+LoadResult = tuple[bytes, bytes, bytes | None] | None
 
 
 class ConnectionListener(Protocol):
@@ -495,7 +497,7 @@ class ConnectionManager:
             raise ClientDisconnected("the connection of this transaction was lost")
         return link
 
-    async def call_in_generation(
+    def call_in_generation(
         self,
         method: str,
         args: tuple[Any, ...],
@@ -503,15 +505,16 @@ class ConnectionManager:
         *,
         preceding: Sequence[QueuedCall] = (),
         on_error: Callable[[BaseException], object] | None = None,
-    ) -> Any:
+    ) -> asyncio.Future[Any]:
         """A call that must reach the connection of ``generation``, or fail.
 
         ``preceding`` async calls are sent first, in the same write.
         """
         link = self._link_of(generation)
-        if preceding:
-            link.call_async_many(preceding, on_error)
-        return await link.call(method, args)
+        with link.corked():
+            if preceding:
+                link.call_async_many(preceding, on_error)
+            return link.call(method, args)
 
     def send_calls(
         self,
@@ -567,20 +570,37 @@ class ConnectionManager:
             "loadBefore", (oid, before), msgid=(oid, before), on_result=remember
         )
 
-    async def load_before(
+    def start_load(
         self, oid: bytes, before: bytes, patience: float
-    ) -> tuple[bytes, bytes, bytes | None] | None:
+    ) -> Awaitable[LoadResult] | LoadResult:
         """Load for the application, which missed ``oid`` in the cache."""
         siblings = self.readahead.missed(oid)
         cached = self.cache.load_before(oid, before)
         if cached is not None:
             return cached
-        link = await self.operational_link(patience)
-        result = self._load(link, oid, before)
+        link = self.active
+        if link is None or not self.operational:
+            return self._load_when_connected(oid, before, patience)
+        result: asyncio.Future[LoadResult] = self._load(link, oid, before)
         if siblings:
             self.prefetch(tuple(siblings), before)
-        loaded: tuple[bytes, bytes, bytes | None] | None = await result
-        return loaded
+        return result
+
+    async def _load_when_connected(
+        self, oid: bytes, before: bytes, patience: float
+    ) -> LoadResult:
+        link = await self.operational_link(patience)
+        result: LoadResult = await self._load(link, oid, before)
+        return result
+
+    def start_call(
+        self, method: str, args: tuple[Any, ...], patience: float
+    ) -> Awaitable[Any]:
+        """A call to the server, waiting up to ``patience`` for a connection."""
+        link = self.active
+        if link is not None and self.operational:
+            return link.call(method, args)
+        return self.call(method, args, patience)
 
     def prefetch(self, oids: tuple[bytes, ...], before: bytes) -> None:
         """Start loading ``oids`` into the cache without waiting."""

@@ -21,6 +21,7 @@ connection drops, every later step raises ``ClientDisconnected``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -267,7 +268,7 @@ class ClientStorage(ConflictResolvingStorage):
 
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         wait = self._wait_timeout if timeout is None else timeout
-        return self._thread.run(self._manager.call(method, args, wait))
+        return self._thread.wait_for(self._manager.start_call, method, args, wait)
 
     def _send(self, buffer: _CommitBuffer, method: str, *args: Any) -> None:
         """An async call belonging to the transaction ``buffer`` records."""
@@ -415,7 +416,9 @@ class ClientStorage(ConflictResolvingStorage):
         cached = self._cache.load_before(oid, tid)
         if cached is not None:
             return cached
-        return self._thread.run(self._manager.load_before(oid, tid, self._wait_timeout))
+        return self._thread.wait_for(
+            self._manager.start_load, oid, tid, self._wait_timeout
+        )
 
     def prefetch(self, oids: Any, tid: bytes) -> None:
         self._thread.call_soon(self._manager.prefetch, tuple(oids), tid)
@@ -672,8 +675,9 @@ class ClientStorage(ConflictResolvingStorage):
 
     def _vote_rounds(self, txn: Any, buffer: _CommitBuffer) -> None:
         for _ in range(_VOTE_ROUNDS):
-            result = self._thread.run(
-                self._manager.call_in_generation(
+            result = self._thread.wait_for(
+                functools.partial(
+                    self._manager.call_in_generation,
                     "vote",
                     (id(txn),),
                     buffer.generation,
@@ -706,10 +710,12 @@ class ClientStorage(ConflictResolvingStorage):
         buffer = self._check_trans(txn, "tpc_finish")
         tid: bytes | None = None
         try:
-            tid = self._thread.run(
-                self._manager.tpc_finish(
-                    id(txn), buffer.generation, buffer.updates(), f or _no_callback
-                )
+            tid = self._thread.wait_for(
+                self._manager.tpc_finish,
+                id(txn),
+                buffer.generation,
+                buffer.updates(),
+                f or _no_callback,
             )
         finally:
             self._end(tid)
@@ -723,10 +729,11 @@ class ClientStorage(ConflictResolvingStorage):
         buffer.take_calls()  # never sent: nothing to undo on the server
         try:
             if buffer.generation == self._manager.generation:
-                self._thread.run(
-                    self._manager.call_in_generation(
-                        "tpc_abort", (id(txn),), buffer.generation
-                    )
+                self._thread.wait_for(
+                    self._manager.call_in_generation,
+                    "tpc_abort",
+                    (id(txn),),
+                    buffer.generation,
                 )
         except ClientDisconnected:
             logger.debug("%s: disconnected during tpc_abort", self.__name__)
