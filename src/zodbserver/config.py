@@ -392,16 +392,22 @@ def _open(factory: StorageFactory) -> ZODB.interfaces.IStorage:
     try:
         return factory.open()
     except zc.lockfile.LockError as error:
-        path = factory.path or _locked_path(error)
-        raise StorageInUseError(
-            f"storage {factory.name!r}: {path} is locked by another process: "
-            "a running zeoserver, or a Zope instance that opens the file "
-            "directly, holds its lock. Stop that process first; two processes "
-            "must never write the same Data.fs."
-        ) from error
+        path = factory.path or locked_path(error)
+        raise storage_in_use(factory.name, path) from error
 
 
-def _locked_path(error: zc.lockfile.LockError) -> str:
+def storage_in_use(name: str, path: str) -> StorageInUseError:
+    """The refusal to open storage ``name``: another process locks ``path``."""
+    return StorageInUseError(
+        f"storage {name!r}: {path} is locked by another process: "
+        "a running zeoserver, or a Zope instance that opens the file "
+        "directly, holds its lock. Stop that process first; two processes "
+        "must never write the same Data.fs."
+    )
+
+
+def locked_path(error: zc.lockfile.LockError) -> str:
+    """The file whose lock ``error`` could not take."""
     # zc.lockfile says "Couldn't lock '/path/Data.fs.lock'".
     message = str(error)
     _, _, quoted = message.partition("lock ")

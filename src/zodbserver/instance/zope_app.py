@@ -86,24 +86,10 @@ def make_zope_app(zope_conf: str) -> ZopeApplication:
 
 
 def storage_in_use(zope_conf: str, error: zc.lockfile.LockError) -> StorageInUseError:
-    """The server's "Data.fs is locked" error, for a database of zope.conf.
-
-    The wording and the path parsing are the server's own (``config._open``
-    words the refusal for every process that opens a busy Data.fs).
-    """
-
-    def reopen_locked() -> Any:
-        raise error
-
-    locked_path = config._locked_path(error)
-    factory = config.StorageFactory(
-        _database_named(locked_path), reopen_locked, locked_path
-    )
-    try:
-        config._open(factory)
-    except StorageInUseError as in_use:
-        return StorageInUseError(f"{zope_conf}: {in_use} {SHARE_ADVICE}")
-    raise AssertionError("unreachable")  # pragma: no cover
+    """The server's "Data.fs is locked" error, for a database of zope.conf."""
+    path = config.locked_path(error)
+    refusal = config.storage_in_use(_database_named(path), path)
+    return StorageInUseError(f"{zope_conf}: {refusal} {SHARE_ADVICE}")
 
 
 def _database_named(locked_path: str) -> str:
