@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 from .config import parse_address
+from .errors import ConfigurationError
 
 PROGRAM = "zeopack"
 EXIT_OK = 0
@@ -58,7 +59,7 @@ class Target:
         return f"storage {self.storage!r} at {where}"
 
 
-class UsageError(Exception):
+class UsageError(ConfigurationError):
     """The command line names no server or a malformed one."""
 
 
