@@ -83,6 +83,16 @@ def test_new_oids_are_distinct_and_batched(make_client: MakeClient) -> None:
     assert sorted(oids) == oids
 
 
+def test_next_oid_batch_is_asked_for_early(make_client: MakeClient) -> None:
+    client = make_client()
+    taken = [client.new_oid() for _ in range(51)]  # 49 of 100 left: ask
+    client.ping()  # the early request was sent before the ping
+    spare = len(client._oids)
+    assert spare == 149
+    rest = [client.new_oid() for _ in range(spare)]
+    assert len(set(taken + rest)) == 200
+
+
 def test_commit_updates_cache_last_transaction_and_info(
     make_client: MakeClient,
 ) -> None:

@@ -593,6 +593,25 @@ class ConnectionManager:
         result: LoadResult = await self._load(link, oid, before)
         return result
 
+    def request_oids(
+        self,
+        deliver: Callable[[list[bytes]], object],
+        done: Callable[[], object],
+    ) -> None:
+        """Ask for new oids without waiting: ``deliver`` gets them if they
+        come, ``done`` is called either way."""
+        link = self.active
+        if link is None or not self.operational:
+            done()
+            return
+
+        def arrived(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                deliver(list(future.result()))
+            done()
+
+        link.call("new_oids", ()).add_done_callback(arrived)
+
     def start_call(
         self, method: str, args: tuple[Any, ...], patience: float
     ) -> Awaitable[Any]:

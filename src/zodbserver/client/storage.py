@@ -20,6 +20,7 @@ connection drops, every later step raises ``ClientDisconnected``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -59,6 +60,9 @@ _OPTIONAL_INTERFACES = (
     ZODB.interfaces.IStorageCurrentRecordIteration,
     ZODB.interfaces.IExternalGC,
 )
+
+#: Fewer new oids than this left, and the next batch is asked for early.
+_SPARE_OIDS = 50
 
 #: Most siblings prefetched at a time by readahead (``readahead.py``).
 DEFAULT_READAHEAD = 512
@@ -212,7 +216,9 @@ class ClientStorage(ConflictResolvingStorage):
             "interfaces": (),
         }
         self._db: Any = None
-        self._oids: list[bytes] = []
+        # Filled by the connection thread too: a deque appends atomically.
+        self._oids: collections.deque[bytes] = collections.deque()
+        self._oids_requested = False
         self._oids_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._transaction: Any = None
@@ -440,9 +446,18 @@ class ClientStorage(ConflictResolvingStorage):
         if self._is_read_only:
             raise POSException.ReadOnlyError()
         with self._oids_lock:
-            if not self._oids:
-                self._oids = list(reversed(self._call("new_oids")))
-            return self._oids.pop()
+            if len(self._oids) < _SPARE_OIDS and not self._oids_requested:
+                # Ask for the next batch now, so it is here when needed.
+                self._oids_requested = True
+                self._thread.call_soon(
+                    self._manager.request_oids, self._oids.extend, self._oids_arrived
+                )
+            while not self._oids:  # none spare yet: wait for a batch
+                self._oids.extend(self._call("new_oids"))
+            return self._oids.popleft()
+
+    def _oids_arrived(self) -> None:
+        self._oids_requested = False
 
     # -- administration ----------------------------------------------------
 
