@@ -327,6 +327,43 @@ def test_tuple_msgid_is_echoed_verbatim(protocol: bytes) -> None:
     ]
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    "msgid",
+    [7, (OID, TID1), (OID,), (), [OID, TID1], (b"", b"\x01")],
+)
+def test_int_and_short_bytes_pair_msgids_are_accepted(
+    protocol: bytes, msgid: Any
+) -> None:
+    server = _open_server(protocol)
+    (event,) = server.receive_data(_raw(protocol, (msgid, 0, "ping", ())))
+    assert isinstance(event, Call)
+    assert event.msgid == (tuple(msgid) if isinstance(msgid, list) else msgid)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    "msgid",
+    [
+        "1",
+        1.5,
+        None,
+        (OID, TID1, TID2),
+        (OID + b"x", TID1),
+        (OID, TID1 + b"x"),
+        (OID, 1),
+        (1, TID1),
+        ("a", "b"),
+        ((OID,), TID1),
+    ],
+)
+def test_other_msgids_are_refused(protocol: bytes, msgid: Any) -> None:
+    server = _open_server(protocol)
+    with pytest.raises(RemoteProtocolError, match="message id"):
+        server.receive_data(_raw(protocol, (msgid, 0, "ping", ())))
+    assert server.state is State.CLOSED
+
+
 def test_several_frames_in_one_chunk_give_events_in_order() -> None:
     server, client = _open_pair()
     data = (

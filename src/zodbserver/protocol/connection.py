@@ -133,6 +133,13 @@ class _Connection:
 
 def _check_msgid(msgid: Any) -> None:
     """Message ids are ints, or ``(oid, tid)`` pairs for ``loadBefore``."""
+    if type(msgid) is int:
+        return
+    if type(msgid) is tuple and len(msgid) == 2:
+        # The loadBefore fast path, checked without a generator.
+        oid, tid = msgid
+        if type(oid) is bytes and type(tid) is bytes and len(oid) <= 8 >= len(tid):
+            return
     if isinstance(msgid, int):
         return
     if (

@@ -47,22 +47,38 @@ class FrameDecoder:
         Raises ``FrameTooLarge`` when a length prefix exceeds the maximum.
         """
         buffer = self._buffer
+        if type(data) is not bytes:
+            data = bytes(data)
+        if not buffer:
+            # The common case: the chunk starts with a frame.  Slice the
+            # payloads straight out of it and keep only an incomplete tail.
+            frames, position = self._split(data)
+            if position < len(data):
+                buffer += data[position:] if position else data
+            return frames
         buffer += data
-        available = len(buffer)
-        frames: list[bytes] = []
-        position = 0
-        while available - position >= _HEADER:
-            size = int.from_bytes(buffer[position : position + _HEADER], "big")
-            if size > self.max_frame_size:
-                raise FrameTooLarge(
-                    f"frame of {size} bytes announced, "
-                    f"the limit is {self.max_frame_size}"
-                )
-            end = position + _HEADER + size
-            if end > available:
-                break
-            frames.append(bytes(buffer[position + _HEADER : end]))
-            position = end
+        with memoryview(buffer) as view:
+            frames, position = self._split(view)
         if position:
             del buffer[:position]
         return frames
+
+    def _split(self, source: bytes | memoryview) -> tuple[list[bytes], int]:
+        """The whole frames at the start of ``source``, and where they end."""
+        available = len(source)
+        limit = self.max_frame_size
+        frames: list[bytes] = []
+        position = 0
+        while available - position >= _HEADER:
+            start = position + _HEADER
+            size = int.from_bytes(source[position:start], "big")
+            if size > limit:
+                raise FrameTooLarge(
+                    f"frame of {size} bytes announced, the limit is {limit}"
+                )
+            position = start + size
+            if position > available:
+                return frames, start - _HEADER
+            payload = source[start:position]
+            frames.append(payload if type(payload) is bytes else bytes(payload))
+        return frames, position

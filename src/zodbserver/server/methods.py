@@ -11,8 +11,9 @@ an obscure failure deep inside a storage.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .session import Session
@@ -121,26 +122,38 @@ class Method:
     required: int
     synchronous: bool = True
     before_register: bool = False
+    #: The function is a coroutine function: its reply comes when it ends.
+    deferred: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "deferred", inspect.iscoroutinefunction(self.function))
 
     def bind_arguments(self, name: str, args: tuple[Any, ...]) -> list[Any]:
-        if not self.required <= len(args) <= len(self.checks):
+        checks = self.checks
+        if self.required <= len(args) <= len(checks):
+            try:
+                return [
+                    check(value) for check, value in zip(checks, args, strict=False)
+                ]
+            except ArgumentError:
+                pass  # name the argument below
+        else:
             expected = (
                 str(self.required)
-                if self.required == len(self.checks)
-                else f"{self.required} to {len(self.checks)}"
+                if self.required == len(checks)
+                else f"{self.required} to {len(checks)}"
             )
             raise TypeError(f"{name}() takes {expected} arguments, got {len(args)}")
-        checked = []
-        for position, (check, value) in enumerate(zip(self.checks, args, strict=False)):
+        for position, (check, value) in enumerate(zip(checks, args, strict=False)):
             try:
-                checked.append(check(value))
+                check(value)
             except ArgumentError as exc:
                 # A plain TypeError: ZEO clients map builtins.TypeError.
                 raise TypeError(
                     f"{name}() argument {position + 1} must be {exc}, "
                     f"got {_describe(value)}"
                 ) from None
-        return checked
+        raise AssertionError("a check failed once only")  # pragma: no cover
 
 
 def _sync(

@@ -166,8 +166,9 @@ class Session:
     # -- reads ------------------------------------------------------------
 
     def loadBefore(self, oid: bytes, before: bytes) -> Any:  # noqa: N802
-        self._hosted.stats.loads += 1
-        return self.storage.loadBefore(oid, before)
+        hosted = self._hosted
+        hosted.stats.loads += 1
+        return hosted.storage.loadBefore(oid, before)
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:  # noqa: N802
         return self.storage.loadSerial(oid, serial)

@@ -192,7 +192,7 @@ class ServerProtocol(asyncio.Protocol):
         except Exception as exc:
             self._reply_error(msgid, method, exc)
             return
-        if asyncio.iscoroutine(result):
+        if spec.deferred:
             task = asyncio.ensure_future(self._reply_later(msgid, method, result))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
