@@ -44,7 +44,7 @@ class CommitLock:
         return any(h is holder and not f.done() for h, f in self._waiters)
 
     async def acquire(self, holder: LockHolder) -> None:
-        if self.holder is None and not self.waiting:
+        if self.holder is None and (not self._waiters or not self.waiting):
             self._grant(holder)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

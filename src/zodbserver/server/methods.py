@@ -124,19 +124,30 @@ class Method:
     before_register: bool = False
     #: The function is a coroutine function: its reply comes when it ends.
     deferred: bool = field(init=False)
+    #: Checks a full argument tuple at once (None: more checks than that).
+    _check_all: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = field(
+        init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deferred", inspect.iscoroutinefunction(self.function))
+        object.__setattr__(self, "_check_all", _all_checks(self.checks))
 
-    def bind_arguments(self, name: str, args: tuple[Any, ...]) -> list[Any]:
+    def bind_arguments(self, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
         checks = self.checks
-        if self.required <= len(args) <= len(checks):
+        check_all = self._check_all
+        if check_all is not None and len(args) == len(checks):
             try:
-                return [
-                    check(value) for check, value in zip(checks, args, strict=False)
-                ]
+                return check_all(args)
             except ArgumentError:
                 pass  # name the argument below
+        elif self.required <= len(args) <= len(checks):
+            try:
+                return tuple(
+                    check(value) for check, value in zip(checks, args, strict=False)
+                )
+            except ArgumentError:
+                pass
         else:
             expected = (
                 str(self.required)
@@ -154,6 +165,33 @@ class Method:
                     f"got {_describe(value)}"
                 ) from None
         raise AssertionError("a check failed once only")  # pragma: no cover
+
+
+def _all_checks(
+    checks: Sequence[Check],
+) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:
+    """One function applying every check: the usual calls take few arguments,
+    and a loop over them costs more than the checks themselves."""
+    if not checks:
+        return lambda args: ()
+    if len(checks) == 1:
+        (first,) = checks
+        return lambda args: (first(args[0]),)
+    if len(checks) == 2:
+        first, second = checks
+        return lambda args: (first(args[0]), second(args[1]))
+    if len(checks) == 3:
+        first, second, third = checks
+        return lambda args: (first(args[0]), second(args[1]), third(args[2]))
+    if len(checks) == 4:
+        first, second, third, fourth = checks
+        return lambda args: (
+            first(args[0]),
+            second(args[1]),
+            third(args[2]),
+            fourth(args[3]),
+        )
+    return None
 
 
 def _sync(

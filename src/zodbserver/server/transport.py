@@ -8,9 +8,11 @@ commit lock, a pack, an iterator step in a thread) is answered when it
 completes, which ZEO clients allow since they match replies by msgid.
 
 Writes produced while handling one chunk of input are batched into a single
-``writelines``.  When a client stops reading and our send buffer fills up we
-stop reading from it too, so one slow client cannot make us buffer without
-bound.
+``writelines``; so are writes made by one callback outside of that (a
+deferred reply and the ``info`` before it, a blob's chunks): they are
+flushed by a callback scheduled with the first of them.  When a client
+stops reading and our send buffer fills up we stop reading from it too, so
+one slow client cannot make us buffer without bound.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..protocol import (
 )
 from ..protocol.connection import State
 from .blobs import BLOB_CHUNK_SIZE
-from .methods import METHODS, TRANSACTION_CALLS
+from .methods import METHODS, TRANSACTION_CALLS, Method
 from .session import Session
 from .storage_server import StorageServer
 
@@ -55,11 +57,13 @@ class ServerProtocol(asyncio.Protocol):
         self.label = "unconnected"
         self._connections = connections
         self._transport: asyncio.Transport | None = None
+        #: Writes not yet handed to the transport (None: none pending).
         self._batch: list[bytes] | None = None
+        self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         #: Done once ``connection_lost`` has run.
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[None] = self._loop.create_future()
         #: Set while the transport's send buffer is below its high-water mark.
         self._writable = asyncio.Event()
         self._writable.set()
@@ -75,7 +79,8 @@ class ServerProtocol(asyncio.Protocol):
         self._transport.write(self.connection.greeting())
 
     def data_received(self, data: bytes) -> None:
-        self._batch = []
+        if self._batch is None:
+            self._batch = []
         try:
             events = self.connection.receive_data(data)
             for event in events:
@@ -132,6 +137,7 @@ class ServerProtocol(asyncio.Protocol):
                 for start in range(0, len(data), BLOB_CHUNK_SIZE):
                     chunk = data[start : start + BLOB_CHUNK_SIZE]
                     self.send_async("receiveBlobChunk", (oid, serial, chunk))
+                self._flush()
                 await self._writable.wait()
         finally:
             stream.close()
@@ -156,7 +162,8 @@ class ServerProtocol(asyncio.Protocol):
         if self._batch is not None:
             self._batch.append(data)
         elif self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+            self._batch = [data]
+            self._loop.call_soon(self._flush)
 
     def _handle(self, event: object) -> None:
         if isinstance(event, Call):
@@ -171,7 +178,9 @@ class ServerProtocol(asyncio.Protocol):
         elif not isinstance(event, Heartbeat):  # pragma: no cover - exhaustive
             raise RemoteProtocolError(f"unexpected message {event!r}")
 
-    def _lookup(self, method: str, args: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    def _lookup(
+        self, method: str, args: tuple[Any, ...]
+    ) -> tuple[Method, tuple[Any, ...]]:
         spec = METHODS.get(method)
         if spec is None:
             raise RemoteProtocolError(f"unknown method {method[:80]!r}")

@@ -1,0 +1,79 @@
+"""The method table's argument checks: what passes, and what each refusal says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from zodbserver.server.methods import METHODS
+
+OID = b"\x00" * 7 + b"\x01"
+TID = b"\x03" * 8
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "bound"),
+    [
+        ("ping", (), ()),
+        ("getInvalidations", (TID,), (TID,)),
+        ("loadBefore", (OID, TID), (OID, TID)),
+        ("register", (b"1", 0), ("1", False)),
+        ("checkCurrentSerialInTransaction", (OID, None, 7), (OID, None, 7)),
+        ("storea", (OID, TID, b"data", 7), (OID, TID, b"data", 7)),
+        ("tpc_begin", (7, b"u", "d", {}), (7, b"u", "d", {})),
+        ("tpc_begin", (7, b"u", "d", {}, TID, "p"), (7, b"u", "d", {}, TID, "p")),
+        ("history", (OID,), (OID,)),
+        ("history", (OID, 3), (OID, 3)),
+        ("iterator_gc", ((1, 2),), ([1, 2],)),
+    ],
+)
+def test_good_arguments_are_bound(
+    method: str, args: tuple[Any, ...], bound: tuple[Any, ...]
+) -> None:
+    assert tuple(METHODS[method].bind_arguments(method, args)) == bound
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "message"),
+    [
+        ("ping", (1,), r"ping\(\) takes 0 arguments, got 1"),
+        ("loadBefore", (OID,), r"loadBefore\(\) takes 2 arguments, got 1"),
+        ("history", (), r"history\(\) takes 1 to 2 arguments, got 0"),
+        (
+            "loadBefore",
+            (OID, b"short"),
+            r"loadBefore\(\) argument 2 must be an 8-byte oid or tid, "
+            r"got bytes of length 5",
+        ),
+        (
+            "loadBefore",
+            ("x" * 8, TID),
+            r"loadBefore\(\) argument 1 must be an 8-byte oid or tid, got str",
+        ),
+        (
+            "storea",
+            (OID, TID, b"data", [1]),
+            r"storea\(\) argument 4 must be a hashable transaction token",
+        ),
+        (
+            "tpc_begin",
+            (7, b"u", "d", {}, TID, 5),
+            r"tpc_begin\(\) argument 6 must be a string, got int",
+        ),
+        ("history", (OID, "3"), r"history\(\) argument 2 must be an integer"),
+        ("register", ("1", "yes"), r"register\(\) argument 2 must be a boolean"),
+    ],
+)
+def test_bad_arguments_name_the_method_and_argument(
+    method: str, args: tuple[Any, ...], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        METHODS[method].bind_arguments(method, args)
+
+
+def test_coroutine_methods_are_answered_later() -> None:
+    assert METHODS["vote"].deferred
+    assert METHODS["tpc_finish"].deferred
+    assert not METHODS["loadBefore"].deferred
+    assert not METHODS["storea"].deferred
