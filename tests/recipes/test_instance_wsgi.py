@@ -15,6 +15,7 @@ from ZODB.POSException import ConflictError
 
 from zodbserver.instance import TransactionMiddleware, make_app
 from zodbserver.instance.demo import ROOT_KEY, application
+from zodbserver.instance.wsgi import resolve
 
 
 @pytest.fixture
@@ -116,3 +117,13 @@ def test_make_app_builds_the_stack_from_instance_json(tmp_path: Path) -> None:
         app.close()
     assert isinstance(storage, MappingStorage)
     assert not storage.opened()
+
+
+def test_applications_resolve_by_name_or_entry_point() -> None:
+    assert resolve("zodbserver.instance.demo:application") is application
+    assert resolve("zodbserver.instance.demo.application") is application
+    assert resolve("egg:zodbserver#demo") is application
+    with pytest.raises(LookupError, match="no 'main' entry point"):
+        resolve("egg:zodbserver")
+    with pytest.raises(LookupError, match="no distribution 'no-such-dist'"):
+        resolve("egg:no-such-dist#main")

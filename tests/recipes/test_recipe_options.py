@@ -215,6 +215,8 @@ def test_instance_http_and_app_options(tmp_path: Path) -> None:
         ("read-only", "2"),
         ("zeo-client-read-only-fallback", "x"),
         ("application", "not-dotted"),
+        ("application", "egg:zodbserver#no-such-application"),
+        ("application", "egg:no-such-distribution"),
         ("conflict-retries", "-1"),
         ("zeo-client-client", "../evil"),
     ],
@@ -222,6 +224,11 @@ def test_instance_http_and_app_options(tmp_path: Path) -> None:
 def test_instance_wrong_value(tmp_path: Path, option: str, value: str) -> None:
     with pytest.raises(zc.buildout.UserError, match=rf"^\[client1\] {option}: "):
         instance.Recipe(fake_buildout(tmp_path), "client1", {option: value})
+
+
+def test_instance_application_by_entry_point(tmp_path: Path) -> None:
+    settings = install_instance(tmp_path, application="egg:zodbserver#demo")
+    assert settings["application"] == "egg:zodbserver#demo"
 
 
 def test_shared_blob_needs_blob_storage(tmp_path: Path) -> None:

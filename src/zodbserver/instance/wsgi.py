@@ -28,6 +28,7 @@ do not preload it in a forking server's master::
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -135,8 +136,40 @@ def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]
     return [data]
 
 
+#: The entry point group that ``application = egg:DIST#NAME`` looks in.
+ENTRY_POINT_GROUP = "zodbserver.application"
+
+
+def entry_point(spec: str) -> importlib.metadata.EntryPoint:
+    """The entry point ``egg:DIST#NAME`` names (``NAME`` defaults to ``main``).
+
+    A distribution declares its application for instances as, in its
+    ``pyproject.toml``: ``[project.entry-points."zodbserver.application"]``
+    ``main = "package.module:application"``.  Raises ``LookupError`` saying
+    what is missing.
+    """
+    distribution_name, _, name = spec.removeprefix("egg:").partition("#")
+    name = name or "main"
+    try:
+        distribution = importlib.metadata.distribution(distribution_name)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        raise LookupError(
+            f"no distribution {distribution_name!r} is installed"
+        ) from None
+    for point in distribution.entry_points:
+        if point.group == ENTRY_POINT_GROUP and point.name == name:
+            return point
+    raise LookupError(
+        f"{distribution_name} has no {name!r} entry point in the "
+        f"{ENTRY_POINT_GROUP!r} group"
+    )
+
+
 def resolve(dotted: str) -> Any:
-    """``package.module:attribute`` (or ``package.module.attribute``)."""
+    """``package.module:attribute``, ``package.module.attribute``, or an entry
+    point ``egg:DIST#NAME``."""
+    if dotted.startswith("egg:"):
+        return entry_point(dotted).load()
     if ":" in dotted:
         module_name, _, attribute = dotted.partition(":")
     else:

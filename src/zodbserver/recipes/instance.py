@@ -19,7 +19,8 @@ Options (plone.recipe.zope2instance's names for the ZEO client part)::
     var = ${buildout:directory}/var
     zodb-cache-size =                # objects per connection (ZODB's 5000)
 
-The application is a WSGI application (``module:callable``) that finds
+The application is a WSGI application (``module:callable``, or an entry
+point ``egg:DIST#NAME`` in the ``zodbserver.application`` group) that finds
 its database connection in ``environ["zodbserver.connection"]`` and the
 root object in ``environ["zodbserver.root"]``; the instance gives it one
 connection and one transaction per request (see ``instance.wsgi``).
@@ -57,7 +58,7 @@ import secrets
 from collections.abc import MutableMapping
 from typing import Any
 
-from ..instance.wsgi import ZOPE_APPLICATION
+from ..instance.wsgi import ZOPE_APPLICATION, entry_point
 from ..instance.zope_app import MISSING_ZOPE
 from ._options import PartOptions, python_script, write_file
 
@@ -126,20 +127,27 @@ class Recipe:
         return zodb_conf + "\n", settings
 
     def application(self) -> str:
-        """The ``application`` option: ``module:callable`` or ``zope``."""
+        """The ``application`` option: ``module:callable``, ``egg:DIST#NAME``
+        or ``zope``."""
         parsed = self.parsed
         application = parsed.text("application") or DEFAULT_APPLICATION
         self.is_zope = application == ZOPE_APPLICATION
         if self.is_zope and importlib.util.find_spec("Zope2") is None:
             raise parsed.fail("application", MISSING_ZOPE)
-        if not self.is_zope:
+        if application.startswith("egg:"):
+            try:
+                entry_point(application)
+            except LookupError as error:
+                raise parsed.fail("application", str(error)) from None
+        elif not self.is_zope:
             module, colon, attribute = application.partition(":")
             if not colon or not module or not attribute:
                 raise parsed.fail(
                     "application",
-                    f"expected module:callable or {ZOPE_APPLICATION}, "
-                    f"not {application!r}",
+                    f"expected module:callable, egg:DIST#NAME or "
+                    f"{ZOPE_APPLICATION}, not {application!r}",
                 )
+        if not self.is_zope:
             for option in ZOPE_OPTIONS:
                 if parsed.text(option):
                     raise parsed.fail(
