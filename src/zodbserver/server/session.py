@@ -486,12 +486,20 @@ class Session:
             raise StorageTransactionError("tpc_finish called before a successful vote")
         hosted = self._hosted
         self._storage_busy = True
+        finishing = hosted.submit(self._finish_in_storage, txn)
+        # The storage thread runs its calls in order, so the next voter may
+        # have the lock now: its replay waits behind this finish in the
+        # thread's queue instead of for a round trip through the loop once
+        # the finish is done.  Its vote reply still follows our
+        # invalidations: the thread reports back in order, and each result
+        # is handled on the loop in the order it arrives.
+        hosted.commit_lock.release(self)
         try:
-            tid = await hosted.in_worker(self._finish_in_storage, txn)
+            tid = await finishing
         except Exception:
             self._storage_busy = False
             logger.exception("%s: tpc_finish failed", self.peer.label)
-            await self._abort_in_storage()
+            self._end_transaction(aborted=True)
             raise
         self._storage_busy = False
         hosted.stats.commits += 1
@@ -501,9 +509,22 @@ class Session:
         return tid
 
     def _finish_in_storage(self, txn: PendingTransaction) -> bytes:
+        storage = self.storage
         committed: list[bytes] = []
-        tid = self.storage.tpc_finish(txn.metadata, committed.append)
-        return tid or (committed[0] if committed else self.storage.lastTransaction())
+        try:
+            tid = storage.tpc_finish(txn.metadata, committed.append)
+        except BaseException:
+            # Abort in this same call: the next voter's replay may be queued
+            # right behind it and must find the storage out of this
+            # transaction.
+            try:
+                storage.tpc_abort(txn.metadata)
+            except Exception:
+                logger.exception(
+                    "%s: tpc_abort after a failed tpc_finish failed", self.peer.label
+                )
+            raise
+        return tid or (committed[0] if committed else storage.lastTransaction())
 
     async def tpc_abort(self, token: Any) -> None:
         txn = self.transaction

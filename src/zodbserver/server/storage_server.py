@@ -151,12 +151,20 @@ class HostedStorage:
         if register is not None:
             register(_StorageEvents(self, loop))
 
-    async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
-        """Run a storage call in this storage's transaction thread."""
+    def submit(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue a storage call for this storage's transaction thread.
+
+        Calls run one at a time in the order they were submitted: a call
+        submitted after another never sees the storage before that one ends.
+        """
         future = self._worker.submit(asyncio.get_running_loop(), function, args)
         self.running.add(future)
         future.add_done_callback(self.running.discard)
-        return await future
+        return future
+
+    async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a storage call in this storage's transaction thread."""
+        return await self.submit(function, *args)
 
     # -- what clients are told ------------------------------------------
 
