@@ -444,7 +444,8 @@ PREIMPORTED_CLI = [
     sys.executable,
     "-c",
     "import sys, encodings.idna, zodbserver.cli, zodbserver.server.main, "
-    "zodbserver.config, ZODB.FileStorage, ZConfig.components.logger.loghandler; "
+    "zodbserver.config, ZODB.FileStorage, ZConfig.components.logger.loghandler, "
+    "concurrent.futures.thread; "  # the shutdown closes storages in a thread
     "sys.exit(zodbserver.cli.main(sys.argv[1:]))",
 ]
 
