@@ -103,7 +103,11 @@ class _Connection:
             raise
 
     def close(self) -> None:
+        """Stop for good, and let go of the codec's and the framing's buffers
+        now rather than whenever the connection's objects are collected."""
         self.state = State.CLOSED
+        self._codec = None
+        self._frames = FrameDecoder(self._frames.max_frame_size)
 
     # The two ends differ only in how they read the handshake and messages.
     def _receive_handshake(self, payload: bytes) -> Event:
@@ -124,7 +128,7 @@ class _Connection:
 
     @property
     def encoding(self) -> bytes | None:
-        return self._codec.encoding if self._codec else None
+        return self.protocol[:1] if self.protocol else None
 
     def call_async(self, method: str, args: tuple[Any, ...]) -> bytes:
         """Bytes for an asynchronous call (never answered)."""
