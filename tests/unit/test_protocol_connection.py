@@ -669,3 +669,17 @@ def test_reply_holding_a_set_is_decodable_by_zeo_client(
             f"builtins.{type(value).__name__}, which the ZEO client refuses "
             f"({exc}); msgpack sends a tuple instead"
         )
+
+
+def test_close_keeps_the_encoding_but_drops_the_buffers() -> None:
+    server, client = _open_pair(announce=b"M5")
+    partial = client.call(1, "ping", ())[:-1]
+    assert server.receive_data(partial) == []
+    server.close()
+    assert server.encoding == b"M"
+    assert server.protocol == b"M5"
+    assert server._codec is None
+    assert server._frames.pending == 0
+    assert server.receive_data(b"x") == []
+    with pytest.raises(LocalProtocolError):
+        server.reply(1, None)
