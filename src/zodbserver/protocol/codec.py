@@ -23,7 +23,6 @@ from __future__ import annotations
 import copyreg
 import io
 import pickle
-import pickletools
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +47,8 @@ def _refuse_extension_codes(payload: bytes) -> None:
     """
     if not copyreg._inverted_registry:  # type: ignore[attr-defined]
         return
+    import pickletools  # a quarter megabyte of tables, rarely needed
+
     for opcode, _, _ in pickletools.genops(payload):
         if opcode.name in _EXTENSION_OPCODES:
             raise pickle.UnpicklingError("extension codes are not allowed")
