@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import ipaddress
 import itertools
 import os
@@ -59,6 +60,7 @@ from typing import Any
 
 import zc.lockfile
 import ZConfig
+import ZConfig.loader
 import ZODB.FileStorage
 import ZODB.interfaces
 
@@ -234,9 +236,38 @@ class ServerConfig:
         return dataclasses.replace(self, **changes)
 
 
+class _FileOpener:
+    """Reads ``file:`` resources with ``open`` rather than ``urlopen``.
+
+    urllib's file handler asks ``mimetypes`` for each file's type, which
+    loads the system's MIME tables: some 400 KB that a server process would
+    then keep for its whole life without ever using them.  Other URLs, and
+    every error message, are ZConfig's own.
+    """
+
+    def openResource(self, url: Any) -> Any:  # noqa: N802 - ZConfig's name
+        url = str(url)
+        if url[:5].lower() != "file:":
+            return super().openResource(url)  # type: ignore[misc]
+        try:
+            with open(_url_path(url), encoding="utf-8") as file:
+                data = file.read()
+        except OSError as error:
+            self._raise_open_error(url, str(error))  # type: ignore[attr-defined]
+        return self.createResource(io.StringIO(data), url)  # type: ignore[attr-defined]
+
+
+class _SchemaLoader(_FileOpener, ZConfig.loader.SchemaLoader):
+    pass
+
+
+class _ConfigLoader(_FileOpener, ZConfig.loader.ConfigLoader):
+    pass
+
+
 @functools.cache
 def _schema() -> Any:
-    return ZConfig.loadSchema(SCHEMA_PATH)
+    return _SchemaLoader().loadURL(SCHEMA_PATH)
 
 
 def load_config(
@@ -247,7 +278,7 @@ def load_config(
     if environ is None:
         environ = os.environ
     try:
-        root, _handlers = ZConfig.loadConfig(_schema(), filename)
+        root, _handlers = _ConfigLoader(_schema()).loadURL(filename)
     except OSError as error:
         raise ConfigurationError(
             f"{filename}: cannot read the configuration file: {error.strerror}"
