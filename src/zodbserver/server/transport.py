@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
 
@@ -125,20 +125,23 @@ class ServerProtocol(asyncio.Protocol):
 
         Reads happen in a thread, a few chunks at a time, and we wait for the
         send buffer to drain between reads: memory stays bounded whatever the
-        blob's size, and other clients are served meanwhile.
+        blob's size, and other clients are served meanwhile.  The file is
+        opened by the thread call that reads its start, and a short read
+        marks its end, so a blob of up to ``BLOB_READ_SIZE`` bytes costs one
+        trip to a thread.
         """
         self.send_async("receiveBlobStart", (oid, serial))
-        stream = await asyncio.to_thread(open, path, "rb")
+        stream, data = await asyncio.to_thread(_open_and_read, path)
         try:
-            while not self.closed:
-                data = await asyncio.to_thread(stream.read, BLOB_READ_SIZE)
-                if not data:
-                    break
+            while data and not self.closed:
                 for start in range(0, len(data), BLOB_CHUNK_SIZE):
                     chunk = data[start : start + BLOB_CHUNK_SIZE]
                     self.send_async("receiveBlobChunk", (oid, serial, chunk))
+                if len(data) < BLOB_READ_SIZE:
+                    break
                 self._flush()
                 await self._writable.wait()
+                data = await asyncio.to_thread(stream.read, BLOB_READ_SIZE)
         finally:
             stream.close()
         self.send_async("receiveBlobStop", (oid, serial))
@@ -254,6 +257,16 @@ class ServerProtocol(asyncio.Protocol):
                 self.session.async_call_failed(method, exc)
             else:
                 logger.warning("%s: async %s() failed: %r", self.label, method, exc)
+
+
+def _open_and_read(path: str) -> tuple[BinaryIO, bytes]:
+    """Open a blob file and read its first ``BLOB_READ_SIZE`` bytes."""
+    stream = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    try:
+        return stream, stream.read(BLOB_READ_SIZE)
+    except BaseException:
+        stream.close()
+        raise
 
 
 def _address_label(peer: Any) -> str:
