@@ -13,6 +13,11 @@ storages in a thread (FileStorage saves its index).
 from __future__ import annotations
 
 import asyncio
+
+# asyncio.to_thread's executor (pack, blob reads, closing the storages at
+# shutdown): imported with the server, not on first use, which may come
+# after ``--user`` switched to a user who cannot read the interpreter.
+import concurrent.futures.thread  # noqa: F401
 import contextlib
 import logging
 import os
