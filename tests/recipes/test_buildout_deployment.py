@@ -118,6 +118,12 @@ def test_classic_profile_four_clients_and_blobs(tmp_path: Path, pids: Pids) -> N
     def url(client: str, path: str) -> str:
         return f"http://127.0.0.1:{http_ports[client]}/{path}"
 
+    def write_then_read(writer: str, reader: str, path: str, body: bytes) -> None:
+        """PUT through one client, then GET the same bytes through another."""
+        assert request("PUT", url(writer, path), body)[0] == 201
+        seen = eventually(lambda: request("GET", url(reader, path)), (200, body))
+        assert seen == (200, body)
+
     try:
         assert bin_command(tmp_path, "zeoserver", "start") == 0
         assert bin_command(tmp_path, "zeoserver", "status") == 0
@@ -125,32 +131,20 @@ def test_classic_profile_four_clients_and_blobs(tmp_path: Path, pids: Pids) -> N
             assert bin_command(tmp_path, name, "start") == 0, name
         assert bin_command(tmp_path, "client4", "status") == 0
 
-        assert request("PUT", url("client1", "greeting"), b"hello")[0] == 201
-        seen = eventually(
-            lambda: request("GET", url("client4", "greeting")), (200, b"hello")
-        )
-        assert seen == (200, b"hello")
+        write_then_read("client1", "client4", "greeting", b"hello")
         assert request("GET", url("client4", "missing"))[0] == 404
 
         # Each client its own blob cache: the blob goes to the server and
         # from there into client4's cache.
         photo = os.urandom(BLOB_SIZE)
-        assert request("PUT", url("client2", "blobs/photo"), photo)[0] == 201
-        seen = eventually(
-            lambda: request("GET", url("client4", "blobs/photo")), (200, photo)
-        )
-        assert seen == (200, photo)
+        write_then_read("client2", "client4", "blobs/photo", photo)
         assert files_holding(var / "blobcache-client4", photo)
         assert files_holding(var / "blobstorage", photo)
 
         # The server's blob directory shared: written there by shared1,
         # read there by shared2; a caching client downloads it as usual.
         report = os.urandom(BLOB_SIZE)
-        assert request("PUT", url("shared1", "blobs/report"), report)[0] == 201
-        seen = eventually(
-            lambda: request("GET", url("shared2", "blobs/report")), (200, report)
-        )
-        assert seen == (200, report)
+        write_then_read("shared1", "shared2", "blobs/report", report)
         assert files_holding(var / "blobstorage", report)
         assert not (var / "blobcache-shared1").exists()
         assert not (var / "blobcache-shared2").exists()
