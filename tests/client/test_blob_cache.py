@@ -166,7 +166,28 @@ def test_prune_skips_a_directory_being_downloaded(tmp_path: Path) -> None:
         assert os.path.exists(files.filename(busy_oid, p64(1)))
         assert not os.path.exists(files.filename(idle_oid, p64(1)))
     finally:
+        files.close()
         lock.close()
+
+
+def test_chunks_after_the_loader_gave_up_still_complete_the_file(
+    tmp_path: Path,
+) -> None:
+    """A download keeps its file open between chunks; if the loading thread
+    stops waiting (its lock released), later chunks append to the same
+    file and the stop still renames the whole of it into place."""
+    files = BlobFiles(str(tmp_path / "cache"))
+    oid, tid = p64(7), p64(3)
+    try:
+        with files.download_lock(oid, tid):
+            files.receive_start(oid, tid)
+            files.receive_chunk(oid, tid, b"first ")
+        files.receive_chunk(oid, tid, b"second")
+        files.receive_stop(oid, tid)
+        assert Path(files.filename(oid, tid)).read_bytes() == b"first second"
+        assert files.cached(oid, tid) == files.filename(oid, tid)
+    finally:
+        files.close()
 
 
 # -- leftovers of a crash -----------------------------------------------------------

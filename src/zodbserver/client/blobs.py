@@ -30,6 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import zc.lockfile
 import ZODB.blob
@@ -131,6 +132,9 @@ class BlobFiles:
         self._added_lock = threading.Lock()
         #: Per thread, the path ``cached`` last returned: not to be pruned.
         self._handed_out: dict[int, str] = {}
+        #: The ``.dl`` files of downloads in progress, kept open between chunks.
+        self._downloads: dict[tuple[bytes, bytes], BinaryIO] = {}
+        self._downloads_lock = threading.Lock()
 
     @property
     def temp_dir(self) -> str:
@@ -179,24 +183,48 @@ class BlobFiles:
     @contextlib.contextmanager
     def download_lock(self, oid: bytes, tid: bytes) -> Iterator[None]:
         self.helper.createPathForOID(oid)
-        with _locked(self.filename(oid, tid)):
-            yield
+        try:
+            with _locked(self.filename(oid, tid)):
+                yield
+        finally:
+            self._close_download(oid, tid)  # one the server never finished
 
     # Called on the connection thread while the server streams a blob.
     def receive_start(self, oid: bytes, tid: bytes) -> None:
+        self._close_download(oid, tid)
         # Truncates whatever an interrupted download left.
-        with open(self.filename(oid, tid) + _DOWNLOAD_SUFFIX, "wb"):
-            pass
+        stream = open(self.filename(oid, tid) + _DOWNLOAD_SUFFIX, "wb")  # noqa: SIM115
+        with self._downloads_lock:
+            self._downloads[oid, tid] = stream
 
     def receive_chunk(self, oid: bytes, tid: bytes, chunk: bytes) -> None:
-        with open(self.filename(oid, tid) + _DOWNLOAD_SUFFIX, "ab") as file:
-            file.write(chunk)
+        with self._downloads_lock:
+            stream = self._downloads.get((oid, tid))
+            if stream is None:  # closed early, or never started: append
+                stream = open(self.filename(oid, tid) + _DOWNLOAD_SUFFIX, "ab")  # noqa: SIM115
+                self._downloads[oid, tid] = stream
+            stream.write(chunk)
+            stream.flush()  # on disk as it arrives (a no-op for big chunks)
         self._count(len(chunk))
 
     def receive_stop(self, oid: bytes, tid: bytes) -> None:
+        self._close_download(oid, tid)
         path = self.filename(oid, tid)
         os.replace(path + _DOWNLOAD_SUFFIX, path)
         ZODB.blob.set_not_writable(path)
+
+    def close(self) -> None:
+        """Close the files of downloads that never finished."""
+        with self._downloads_lock:
+            streams, self._downloads = list(self._downloads.values()), {}
+        for stream in streams:
+            stream.close()
+
+    def _close_download(self, oid: bytes, tid: bytes) -> None:
+        with self._downloads_lock:
+            stream = self._downloads.pop((oid, tid), None)
+            if stream is not None:
+                stream.close()
 
     def downloaded(self) -> None:
         self._maybe_prune()

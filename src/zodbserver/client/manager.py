@@ -42,16 +42,13 @@ from typing import Any, Protocol
 from ZODB import POSException
 from ZODB.utils import z64
 
+from ..chunks import at_end, open_and_read, read_chunks
 from .cache import ClientCache
 from .exceptions import ClientDisconnected
 from .link import Address, QueuedCall, ServerLink
 from .readahead import Readahead
 
 logger = logging.getLogger(__name__)
-
-#: ZEO's blob chunk size, and how much of a blob file is read at a time.
-_BLOB_CHUNK_SIZE = 59000
-_BLOB_READ_SIZE = 16 * _BLOB_CHUNK_SIZE
 
 #: One buffered store of a transaction: (oid, data or None, server_resolved).
 Update = tuple[bytes, bytes | None, bool]
@@ -541,15 +538,17 @@ class ConnectionManager:
         """
         link = self._link_of(generation)
         link.call_async("storeBlobStart", ())
-        stream = await asyncio.to_thread(open, path, "rb")
+        stream, chunks = await asyncio.to_thread(open_and_read, path)
         try:
-            while data := await asyncio.to_thread(stream.read, _BLOB_READ_SIZE):
-                for start in range(0, len(data), _BLOB_CHUNK_SIZE):
-                    chunk = data[start : start + _BLOB_CHUNK_SIZE]
+            while chunks:
+                for chunk in chunks:
                     link.call_async("storeBlobChunk", (chunk,))
+                if at_end(chunks):
+                    break
                 await link.drained()
                 if not link.is_open:
                     raise ClientDisconnected("the connection was lost during an upload")
+                chunks = await asyncio.to_thread(read_chunks, stream)
         finally:
             stream.close()
         link.call_async("storeBlobEnd", store_args)

@@ -385,6 +385,8 @@ class ClientStorage(ConflictResolvingStorage):
             self._release_iterators(self._iterators.release_all())
         self._thread.close()
         self._cache.close()
+        if self._blobs is not None:
+            self._blobs.close()
         cache_file, self._cache_file = self._cache_file, None
         if cache_file is not None:
             try:
@@ -632,10 +634,11 @@ class ClientStorage(ConflictResolvingStorage):
             raise ClientDisconnected("storeBlob", "on a disconnected transaction")
         self._flush(buffer)  # the queued calls go before the upload
         # Streamed from the connection thread; this thread waits for it.
-        self._thread.run(
-            self._manager.send_blob(
-                path, (oid, serial, data, id(txn)), buffer.generation
-            )
+        self._thread.wait_for(
+            self._manager.send_blob,
+            path,
+            (oid, serial, data, id(txn)),
+            buffer.generation,
         )
 
     def loadBlob(self, oid: bytes, serial: bytes) -> str:

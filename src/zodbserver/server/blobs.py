@@ -14,7 +14,7 @@ Two ways a committed blob reaches the storage (PROTOCOL.md section 7):
   name from the wire can point anywhere else.
 
 Downloads (``sendBlob``) are streamed by the transport in
-``BLOB_CHUNK_SIZE`` pieces as ``receiveBlobStart/Chunk/Stop`` calls.
+``chunks.BLOB_CHUNK_SIZE`` pieces as ``receiveBlobStart/Chunk/Stop`` calls.
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ import tempfile
 from typing import Any
 
 from ZODB.POSException import StorageTransactionError
-
-#: ZEO's chunk size for blob transfers in both directions.
-BLOB_CHUNK_SIZE = 59000
 
 
 def blob_storage(storage: Any) -> Any:

@@ -131,7 +131,6 @@ def run(
     a supervisor restarts it, SIGUSR2 reopens the log files.
     """
     outcome = {"code": EXIT_OK}
-    fix_mmap_threshold()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -162,33 +161,6 @@ def run(
 
     _event_loop_runner()(main())
     return outcome["code"]
-
-
-#: glibc's ``M_MMAP_THRESHOLD`` parameter for ``mallopt`` (malloc.h).
-_M_MMAP_THRESHOLD = -3
-#: glibc's initial threshold: blocks this large or larger are mmapped.
-MMAP_THRESHOLD = 128 * 1024
-
-
-def fix_mmap_threshold() -> bool:
-    """Keep large blocks on mmap, so that freeing them returns the memory.
-
-    glibc raises its mmap threshold whenever a mmapped block is freed, up to
-    32 MiB; from then on blocks of that size come from the heap, whose free
-    space mostly stays resident.  A server that streamed one large blob, or
-    read a large record, would keep megabytes it no longer uses.  Setting
-    the threshold explicitly turns that adjustment off.  Returns whether it
-    was set (False where the C library has no ``mallopt``).
-    """
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def _write_pid_file(path: str) -> None:

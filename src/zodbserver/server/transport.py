@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
 
+from ..chunks import at_end, open_and_read, read_chunks
 from ..errors import RemoteProtocolError
 from ..protocol import (
     AsyncCall,
@@ -33,15 +34,11 @@ from ..protocol import (
     StatusProbe,
 )
 from ..protocol.connection import State
-from .blobs import BLOB_CHUNK_SIZE
 from .methods import METHODS, TRANSACTION_CALLS, Method
 from .session import Session
 from .storage_server import StorageServer
 
 logger = logging.getLogger(__name__)
-
-#: Bytes read from a blob file at a time (then sent in chunks).
-BLOB_READ_SIZE = 16 * BLOB_CHUNK_SIZE
 
 #: Errors that are part of normal operation and not worth a traceback.
 QUIET_ERRORS = (POSKeyError, ConflictError, ReadConflictError)
@@ -125,23 +122,20 @@ class ServerProtocol(asyncio.Protocol):
 
         Reads happen in a thread, a few chunks at a time, and we wait for the
         send buffer to drain between reads: memory stays bounded whatever the
-        blob's size, and other clients are served meanwhile.  The file is
-        opened by the thread call that reads its start, and a short read
-        marks its end, so a blob of up to ``BLOB_READ_SIZE`` bytes costs one
-        trip to a thread.
+        blob's size, and other clients are served meanwhile.  A blob of up
+        to ``CHUNKS_PER_READ`` chunks costs one trip to a thread.
         """
         self.send_async("receiveBlobStart", (oid, serial))
-        stream, data = await asyncio.to_thread(_open_and_read, path)
+        stream, chunks = await asyncio.to_thread(open_and_read, path)
         try:
-            while data and not self.closed:
-                for start in range(0, len(data), BLOB_CHUNK_SIZE):
-                    chunk = data[start : start + BLOB_CHUNK_SIZE]
+            while chunks and not self.closed:
+                for chunk in chunks:
                     self.send_async("receiveBlobChunk", (oid, serial, chunk))
-                if len(data) < BLOB_READ_SIZE:
+                if at_end(chunks):
                     break
                 self._flush()
                 await self._writable.wait()
-                data = await asyncio.to_thread(stream.read, BLOB_READ_SIZE)
+                chunks = await asyncio.to_thread(read_chunks, stream)
         finally:
             stream.close()
         self.send_async("receiveBlobStop", (oid, serial))
@@ -257,16 +251,6 @@ class ServerProtocol(asyncio.Protocol):
                 self.session.async_call_failed(method, exc)
             else:
                 logger.warning("%s: async %s() failed: %r", self.label, method, exc)
-
-
-def _open_and_read(path: str) -> tuple[BinaryIO, bytes]:
-    """Open a blob file and read its first ``BLOB_READ_SIZE`` bytes."""
-    stream = open(path, "rb")  # noqa: SIM115 - the caller closes it
-    try:
-        return stream, stream.read(BLOB_READ_SIZE)
-    except BaseException:
-        stream.close()
-        raise
 
 
 def _address_label(peer: Any) -> str:
