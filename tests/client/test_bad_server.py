@@ -142,9 +142,11 @@ class CuttingProxy:
                 if replies and self.cut_next.is_set() and len(data) > 1:
                     self.cut_next.clear()
                     target.sendall(data[: len(data) // 2])
+                    # Before the shutdown: the client may check it as soon
+                    # as it sees the connection go.
+                    self.was_cut.set()
                     for sock in (source, target):
                         sock.shutdown(socket.SHUT_RDWR)
-                    self.was_cut.set()
                     return
                 target.sendall(data)
         except OSError:

@@ -624,3 +624,37 @@ def test_pickle_refuses_other_builtin_types(kind: type) -> None:
     payload = b"\x80\x03cbuiltins\n" + kind.__name__.encode() + b"\nK\x01\x85R."
     with pytest.raises(RemoteProtocolError, match="not allowed"):
         Codec(PICKLE).decode(payload)
+
+
+def test_codecs_on_one_thread_share_a_packer_that_a_big_message_replaces() -> None:
+    """msgpack's Packer never shrinks its buffer: one per connection kept
+    every connection's largest message resident.  Codecs share their
+    thread's packer, and a message over ``PACKER_BUFFER_SIZE`` makes the
+    thread start a fresh one, so the grown buffer is let go."""
+    import threading
+
+    from zodbserver.protocol import codec as codec_module
+
+    first, second = Codec(MSGPACK), Codec(MSGPACK)
+    small = (1, False, "loadBefore", (b"\0" * 8, b"\xff" * 8))
+    assert msgpack.unpackb(first.encode(small)) == [
+        1,
+        False,
+        "loadBefore",
+        [b"\0" * 8, b"\xff" * 8],
+    ]
+    packer = codec_module._packers.packer
+    assert msgpack.unpackb(second.encode(small))[0] == 1
+    assert codec_module._packers.packer is packer
+    big = (2, False, "reply", b"x" * (codec_module.PACKER_BUFFER_SIZE + 1))
+    assert msgpack.unpackb(first.encode(big))[3] == big[3]
+    assert codec_module._packers.packer is not packer
+    assert msgpack.unpackb(second.encode(small))[0] == 1
+
+    elsewhere: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: elsewhere.append(codec_module._packers.packer)
+    )
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not codec_module._packers.packer

@@ -683,3 +683,19 @@ def test_close_keeps_the_encoding_but_drops_the_buffers() -> None:
     assert server.receive_data(b"x") == []
     with pytest.raises(LocalProtocolError):
         server.reply(1, None)
+
+
+def test_events_are_decoded_one_at_a_time() -> None:
+    """``iter_events`` hands out each message before decoding the next, so
+    a chunk of many pipelined calls is never held decoded all at once: a
+    call is seen even when a later frame in the same chunk is garbage."""
+    server = _open_server(b"M5")
+    client = _open_client(b"M5")
+    chunk = client.call(1, "loadBefore", (OID, OID)) + encode_frame(b"\xc1")
+    events = server.iter_events(chunk)
+    first = next(events)
+    assert isinstance(first, Call)
+    assert first.msgid == 1
+    with pytest.raises(RemoteProtocolError):
+        next(events)
+    assert server.state is State.CLOSED

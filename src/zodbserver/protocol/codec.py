@@ -23,6 +23,7 @@ from __future__ import annotations
 import copyreg
 import io
 import pickle
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -115,10 +116,33 @@ def _without_sets(value: Any) -> Any:
     return value
 
 
+#: A Packer keeps its buffer (256 KiB of address space, resident as far as
+#: the largest message it packed reached) for as long as it lives, and grows
+#: it to twice the size of any larger message.  One per connection made every
+#: connection keep a copy of the largest record it was sent; one per thread
+#: is shared by all the connections served from that thread, and is replaced
+#: after a message larger than its initial buffer.
+PACKER_BUFFER_SIZE = 256 * 1024
+
+
+def _new_packer() -> msgpack.Packer:
+    return msgpack.Packer(
+        use_bin_type=True, default=_msgpack_default, buf_size=PACKER_BUFFER_SIZE
+    )
+
+
+class _Packers(threading.local):
+    def __init__(self) -> None:
+        self.packer = _new_packer()
+
+
+_packers = _Packers()
+
+
 class Codec:
     """Encode and decode whole message tuples in one encoding."""
 
-    __slots__ = ("encoding", "_packer", "_find_global")
+    __slots__ = ("encoding", "_find_global")
 
     def __init__(
         self, encoding: bytes, find_global: FindGlobal = plain_data_global
@@ -127,17 +151,19 @@ class Codec:
             raise LocalProtocolError(f"unknown encoding {encoding!r}")
         self.encoding = encoding
         self._find_global = find_global
-        self._packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
 
     def encode(self, message: tuple[Any, Any, str, Any]) -> bytes:
         """Encode a message tuple; raises ``LocalProtocolError`` if it can't."""
         try:
             if self.encoding == MSGPACK:
-                return self._packer.pack(message)
+                data: bytes = _packers.packer.pack(message)
+                if len(data) > PACKER_BUFFER_SIZE:
+                    _packers.packer = _new_packer()  # free the grown buffer
+                return data
             return pickle.dumps(_without_sets(message), 3)
         except Exception as exc:
             # msgpack's Packer keeps partial output after an error.
-            self._packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
+            _packers.packer = _new_packer()
             raise LocalProtocolError(f"cannot encode message: {exc}") from exc
 
     def decode(self, payload: bytes) -> tuple[Any, Any, str, Any]:

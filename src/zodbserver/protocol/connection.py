@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -84,20 +85,23 @@ class _Connection:
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed received bytes; return the events they complete."""
+        return list(self.iter_events(data))
+
+    def iter_events(self, data: bytes) -> Iterator[Event]:
+        """Feed received bytes; yield the events they complete, each decoded
+        only when the previous one has been taken: a chunk of hundreds of
+        pipelined calls is not held decoded all at once."""
         if self.state is State.CLOSED:
-            return []
+            return
         try:
-            payloads = self._frames.feed(data)
-            events: list[Event] = []
-            for payload in payloads:
+            for payload in self._frames.feed(data):
                 if self.state is State.HANDSHAKE:
-                    events.append(self._receive_handshake(payload))
+                    yield self._receive_handshake(payload)
                 elif self.state is State.OPEN:
                     assert self._codec is not None
-                    events.append(self._receive_message(*self._codec.decode(payload)))
+                    yield self._receive_message(*self._codec.decode(payload))
                 else:
                     break
-            return events
         except ProtocolError:
             self.state = State.CLOSED
             raise

@@ -40,6 +40,9 @@ from .storage_server import StorageServer
 
 logger = logging.getLogger(__name__)
 
+#: Replies batched before a write, when a chunk holds many calls.
+FLUSH_WRITES = 64
+
 #: Errors that are part of normal operation and not worth a traceback.
 QUIET_ERRORS = (POSKeyError, ConflictError, ReadConflictError)
 
@@ -79,11 +82,13 @@ class ServerProtocol(asyncio.Protocol):
         if self._batch is None:
             self._batch = []
         try:
-            events = self.connection.receive_data(data)
-            for event in events:
+            for event in self.connection.iter_events(data):
                 if self.closed:
                     break
                 self._handle(event)
+                if self._batch is not None and len(self._batch) >= FLUSH_WRITES:
+                    self._flush()
+                    self._batch = []
         except RemoteProtocolError as exc:
             logger.warning("%s: protocol error, closing: %s", self.label, exc)
             self.close()
