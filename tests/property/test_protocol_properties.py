@@ -332,3 +332,37 @@ def test_server_accepts_exactly_m5_and_z5(letter: bytes, version: bytes) -> None
     else:
         with pytest.raises(RemoteProtocolError):
             server.receive_data(encode_frame(handshake))
+
+
+#: Sizes on both sides of every msgpack bin header boundary, and random ones.
+data_sizes = st.sampled_from([0, 1, 255, 256, 65535, 65536, 59000]) | st.integers(
+    0, 200_000
+)
+
+
+@SETTINGS
+@given(
+    encoding=encodings,
+    method=method_names,
+    args=arguments,
+    size=data_sizes,
+)
+def test_call_async_parts_join_to_exactly_call_async(
+    encoding: bytes, method: str, args: tuple[Any, ...], size: int
+) -> None:
+    """A blob chunk sent in pieces is byte for byte the call it stands for,
+    and decodes on the other end to the same event."""
+    server = ServerConnection(encoding + b"5")
+    client = ClientConnection()
+    client.receive_data(server.greeting())
+    server.receive_data(client.handshake())
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    parts = server.call_async_parts(method, args, data)
+    joined = b"".join(parts)
+    assert joined == server.call_async(method, (*args, data))
+    if encoding == MSGPACK:
+        assert parts[-1] is data  # sent as it is, not copied
+    (event,) = client.receive_data(joined)
+    assert isinstance(event, AsyncCall)
+    assert event.method == method
+    assert event.args[-1] == data

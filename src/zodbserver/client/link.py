@@ -209,6 +209,13 @@ class ServerLink(asyncio.Protocol):
             raise ClientDisconnected(f"not connected to {self.address!r}")
         self._write(self._connection.call_async(method, args))
 
+    def call_async_data(self, method: str, args: tuple[Any, ...], data: bytes) -> None:
+        """``call_async(method, (*args, data))`` without copying ``data``."""
+        if not self.is_open:
+            raise ClientDisconnected(f"not connected to {self.address!r}")
+        for part in self._connection.call_async_parts(method, args, data):
+            self._write(part)
+
     def call_async_many(
         self,
         calls: Iterable[QueuedCall],

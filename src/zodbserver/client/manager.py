@@ -541,8 +541,9 @@ class ConnectionManager:
         stream, chunks = await asyncio.to_thread(open_and_read, path)
         try:
             while chunks:
-                for chunk in chunks:
-                    link.call_async("storeBlobChunk", (chunk,))
+                with link.corked():
+                    for chunk in chunks:
+                        link.call_async_data("storeBlobChunk", (), chunk)
                 if at_end(chunks):
                     break
                 await link.drained()

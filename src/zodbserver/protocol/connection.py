@@ -126,9 +126,7 @@ class _Connection:
         self.state = State.OPEN
 
     def _encode(self, message: tuple[Any, Any, str, Any]) -> bytes:
-        if self.state is not State.OPEN or self._codec is None:
-            raise LocalProtocolError(f"cannot send in state {self.state.value}")
-        return encode_frame(self._codec.encode(message))
+        return encode_frame(self._codec_for_sending().encode(message))
 
     @property
     def encoding(self) -> bytes | None:
@@ -137,6 +135,37 @@ class _Connection:
     def call_async(self, method: str, args: tuple[Any, ...]) -> bytes:
         """Bytes for an asynchronous call (never answered)."""
         return self._encode((0, True, method, args))
+
+    def call_async_parts(
+        self, method: str, args: tuple[Any, ...], data: bytes
+    ) -> tuple[bytes, ...]:
+        """``call_async(method, (*args, data))`` as pieces to write in turn.
+
+        With msgpack the last argument's bytes are the frame's last bytes,
+        so ``data`` is returned as it is, after a header that frames and
+        encodes everything before it: a blob chunk is never copied into an
+        encoder's buffer and then again into a frame.  The pieces joined
+        are exactly what ``call_async`` would have produced.
+        """
+        if self.encoding != MSGPACK:
+            return (self.call_async(method, (*args, data)),)
+        # An empty last argument encodes as bin 8 of length 0 (c4 00);
+        # swap that for the header of the real length.
+        head = self._codec_for_sending().encode((0, True, method, (*args, b"")))
+        size = len(data)
+        if size < 0x100:
+            header = b"\xc4" + size.to_bytes(1, "big")
+        elif size < 0x10000:
+            header = b"\xc5" + size.to_bytes(2, "big")
+        else:
+            header = b"\xc6" + size.to_bytes(4, "big")
+        head = head[:-2] + header
+        return (len(head) + size).to_bytes(4, "big") + head, data
+
+    def _codec_for_sending(self) -> Codec:
+        if self.state is not State.OPEN or self._codec is None:
+            raise LocalProtocolError(f"cannot send in state {self.state.value}")
+        return self._codec
 
 
 def _check_msgid(msgid: Any) -> None:

@@ -122,6 +122,12 @@ class ServerProtocol(asyncio.Protocol):
         if not self.closed and self.connection.state is State.OPEN:
             self._write(self.connection.call_async(method, args))
 
+    def _send_async_data(self, method: str, args: tuple[Any, ...], data: bytes) -> None:
+        """``send_async(method, (*args, data))`` without copying ``data``."""
+        if not self.closed and self.connection.state is State.OPEN:
+            for part in self.connection.call_async_parts(method, args, data):
+                self._write(part)
+
     async def send_blob(self, oid: bytes, serial: bytes, path: str) -> None:
         """Stream a blob file as receiveBlobStart/Chunk/Stop calls.
 
@@ -135,7 +141,7 @@ class ServerProtocol(asyncio.Protocol):
         try:
             while chunks and not self.closed:
                 for chunk in chunks:
-                    self.send_async("receiveBlobChunk", (oid, serial, chunk))
+                    self._send_async_data("receiveBlobChunk", (oid, serial), chunk)
                 if at_end(chunks):
                     break
                 self._flush()
