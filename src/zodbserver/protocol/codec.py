@@ -118,10 +118,10 @@ def _without_sets(value: Any) -> Any:
 
 #: A Packer keeps its buffer (256 KiB of address space, resident as far as
 #: the largest message it packed reached) for as long as it lives, and grows
-#: it to twice the size of any larger message.  One per connection made every
-#: connection keep a copy of the largest record it was sent; one per thread
-#: is shared by all the connections served from that thread, and is replaced
-#: after a message larger than its initial buffer.
+#: it to twice the size of any larger message.  A packer per connection would
+#: keep each connection's largest message resident; so there is one per
+#: thread, shared by all the connections served from that thread, and
+#: replaced after a message larger than its initial buffer.
 PACKER_BUFFER_SIZE = 256 * 1024
 
 

@@ -180,7 +180,7 @@ def tune_malloc() -> bool:
 
     glibc raises its mmap threshold whenever a mapped block is freed, up to
     32 MiB; blocks of that size then come from the heap, whose free space
-    mostly stays resident, so one large record kept megabytes.  Fixing the
+    mostly stays resident, so one large record would keep megabytes.  Fixing the
     threshold turns that off.  At 512 KiB it sits above the event loop's
     256 KiB reads, which therefore reuse heap memory instead of mapping
     (and faulting in) fresh pages for every read of a big upload; the
@@ -198,7 +198,8 @@ def tune_malloc() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return all([bool(mallopt(option, value)) for option, value in MALLOC_SETTINGS])
+    taken = [bool(mallopt(option, value)) for option, value in MALLOC_SETTINGS]
+    return all(taken)
 
 
 def _write_pid_file(path: str) -> None:
