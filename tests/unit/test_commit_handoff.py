@@ -82,16 +82,27 @@ def _begin(session: Session, token: int, oid: bytes, data: bytes) -> None:
     session.storea(oid, z64, data, token)
 
 
+async def _finish_held(
+    *, fail: bool = False
+) -> tuple[GatedStorage, StorageServer, Session, Session, bytes, bytes, Any]:
+    """Two sessions; the first has voted and its finish is held in the storage
+    (and will fail, if ``fail``).  Returns the storage, the server, both
+    sessions, the oid each stores, and the pending finish."""
+    storage, server, first, second = await _open()
+    oid_first, oid_second = storage.new_oid(), storage.new_oid()
+    _begin(first, 1, oid_first, b"first")
+    assert await first.vote(1) == []
+    storage.gate.clear()
+    storage.fail_next_finish = fail
+    finishing = asyncio.ensure_future(first.tpc_finish(1))
+    await asyncio.to_thread(storage.finishing.wait, WAIT)
+    return storage, server, first, second, oid_first, oid_second, finishing
+
+
 def test_a_failed_finish_is_aborted_before_the_next_replay() -> None:
     async def scenario() -> None:
-        storage, server, first, second = await _open()
-        oid_first, oid_second = storage.new_oid(), storage.new_oid()
-        _begin(first, 1, oid_first, b"first")
-        assert await first.vote(1) == []
-        storage.gate.clear()
-        storage.fail_next_finish = True
-        finishing = asyncio.ensure_future(first.tpc_finish(1))
-        await asyncio.to_thread(storage.finishing.wait, WAIT)
+        held = await _finish_held(fail=True)
+        storage, server, first, second, oid_first, oid_second, finishing = held
         _begin(second, 2, oid_second, b"second")
         voting = asyncio.ensure_future(second.vote(2))
         lock = server.hosted["1"].commit_lock
@@ -115,13 +126,8 @@ def test_a_failed_finish_is_aborted_before_the_next_replay() -> None:
 
 def test_the_next_voter_hears_of_the_commit_before_its_vote_returns() -> None:
     async def scenario() -> None:
-        storage, server, first, second = await _open()
-        oid_first, oid_second = storage.new_oid(), storage.new_oid()
-        _begin(first, 1, oid_first, b"first")
-        assert await first.vote(1) == []
-        storage.gate.clear()
-        finishing = asyncio.ensure_future(first.tpc_finish(1))
-        await asyncio.to_thread(storage.finishing.wait, WAIT)
+        held = await _finish_held()
+        storage, server, first, second, oid_first, oid_second, finishing = held
         _begin(second, 2, oid_second, b"second")
         heard_before_vote: list[Any] = []
 
