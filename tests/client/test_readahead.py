@@ -58,6 +58,35 @@ def test_second_sibling_miss_prefetches_a_window(make_client: MakeClient) -> Non
     writer.close()
 
 
+def test_a_miss_answered_from_the_cache_still_prefetches(
+    make_client: MakeClient,
+) -> None:
+    """The application's miss crosses to the connection thread; if the
+    object arrived meanwhile (a prefetch landing), the miss is answered from
+    the cache, and the siblings readahead proposed must still be loaded:
+    readahead counts them as requested and proposes them only once."""
+    writer = ZODB.DB(make_client())
+    oids = _fill(writer)
+    reader = make_client()
+    wait_for_commit(writer.storage, reader)
+    before = p64(u64(reader.lastTransaction()) + 1)
+    db = ZODB.DB(reader)
+    with db.transaction() as conn:
+        assert conn.root()["container"][0]["value"] == 0  # first miss
+        data, start, end = writer.storage.loadBefore(oids[1], before)
+        reader._cache.store(oids[1], start, end, data)  # it "arrived"
+        loaded = reader._thread.wait_for(
+            reader._manager.start_load, oids[1], before, 10
+        )
+        assert loaded == (data, start, end)
+        reader.ping()
+    window = 2 + FIRST_WINDOW
+    assert all(_cached(reader, oids[:window]))
+    assert not any(_cached(reader, oids[window:]))
+    db.close()
+    writer.close()
+
+
 def test_readahead_zero_prefetches_nothing(make_client: MakeClient) -> None:
     writer = ZODB.DB(make_client())
     oids = _fill(writer)

@@ -573,15 +573,21 @@ class ConnectionManager:
     def start_load(
         self, oid: bytes, before: bytes, patience: float
     ) -> Awaitable[LoadResult] | LoadResult:
-        """Load for the application, which missed ``oid`` in the cache."""
+        """Load for the application, which missed ``oid`` in the cache.
+
+        The siblings readahead proposes are prefetched even when ``oid``
+        itself turns out to be cached by now (its prefetch arrived while the
+        miss crossed threads): readahead counts them as requested, and
+        nobody else would ask for them.
+        """
         siblings = self.readahead.missed(oid)
-        cached = self.cache.load_before(oid, before)
-        if cached is not None:
-            return cached
-        link = self.active
-        if link is None or not self.operational:
-            return self._load_when_connected(oid, before, patience)
-        result: asyncio.Future[LoadResult] = self._load(link, oid, before)
+        result: Awaitable[LoadResult] | LoadResult | None
+        result = self.cache.load_before(oid, before)
+        if result is None:
+            link = self.active
+            if link is None or not self.operational:
+                return self._load_when_connected(oid, before, patience)
+            result = self._load(link, oid, before)
         if siblings:
             self.prefetch(tuple(siblings), before)
         return result
