@@ -7,11 +7,19 @@ from collections.abc import Iterator
 import pytest
 import transaction
 import ZODB
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from persistent.mapping import PersistentMapping
 from ZODB.MappingStorage import MappingStorage
+from ZODB.serialize import referencesf
 from ZODB.utils import p64
 
-from zodbserver.client.readahead import FIRST_WINDOW, MAX_PARENTS, Readahead
+from zodbserver.client.readahead import (
+    BINPERSID,
+    FIRST_WINDOW,
+    MAX_PARENTS,
+    Readahead,
+)
 
 
 class Records:
@@ -106,3 +114,28 @@ def test_a_new_revision_of_a_parent_replaces_its_children(records: Records) -> N
     assert readahead.missed(before[0]) == readahead.missed(before[1]) == []
     readahead.missed(after[0])
     assert readahead.missed(after[1])[0] == after[2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    children=st.integers(min_value=0, max_value=12),
+    payloads=st.lists(st.binary(max_size=300), max_size=4),
+)
+def test_the_opcode_count_never_hides_a_reference(
+    children: int, payloads: list[bytes]
+) -> None:
+    """Readahead skips parsing a record with fewer ``BINPERSID`` bytes than
+    it needs references; every reference ZODB writes has one, whatever the
+    plain data beside it holds."""
+    db = ZODB.DB(MappingStorage())
+    try:
+        with db.transaction() as conn:
+            record = PersistentMapping({f"p{i}": p for i, p in enumerate(payloads)})
+            for index in range(children):
+                record[index] = PersistentMapping()
+            conn.root()["record"] = record
+            conn.add(record)
+        data = db.storage.load(record._p_oid)[0]
+        assert data.count(BINPERSID) >= len(referencesf(data)) == children
+    finally:
+        db.close()

@@ -29,6 +29,7 @@ thread alone uses it.
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 
 from ZODB.serialize import referencesf
@@ -41,6 +42,10 @@ MAX_REFERENCES = 4096
 MAX_PARENTS = 32
 #: Siblings prefetched on the second miss; doubled on each later one.
 FIRST_WINDOW = 16
+#: The opcode before every persistent reference in a ZODB record (ZODB
+#: pickles with protocol 1 or later); a record with fewer of these bytes
+#: than ``MIN_REFERENCES`` cannot be a parent.
+BINPERSID = pickle.BINPERSID
 
 
 class _Parent:
@@ -72,6 +77,8 @@ class Readahead:
             return
         if oid in self._parents:  # a newer revision: its children may differ
             self._forget(oid)
+        if data.count(BINPERSID) < MIN_REFERENCES:
+            return  # cannot hold enough references: skip parsing it
         try:
             references = referencesf(data)
         except Exception:  # not a ZODB record we can read: no readahead
