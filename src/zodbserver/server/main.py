@@ -26,6 +26,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .memory import TrimTimer, tune_malloc
 from .session import background_tasks as session_tasks
 from .settings import Address, ServerSettings
 from .storage_server import StorageServer
@@ -141,6 +142,7 @@ def run(
             outcome["code"] = code
             stop.set()
 
+        trimmer = TrimTimer(loop)
         loop.add_signal_handler(signal.SIGTERM, request_stop, EXIT_OK)
         loop.add_signal_handler(signal.SIGINT, request_stop, EXIT_OK)
         loop.add_signal_handler(signal.SIGHUP, request_stop, EXIT_RESTART)
@@ -156,50 +158,13 @@ def run(
         try:
             await serve(settings, storages, stop=stop, ready=started)
         finally:
+            trimmer.cancel()
             if settings.pid_filename and not settings.read_only:
                 with contextlib.suppress(OSError):
                     os.unlink(settings.pid_filename)
 
     _event_loop_runner()(main())
     return outcome["code"]
-
-
-#: glibc's ``mallopt`` parameters (malloc.h) and what the server sets them to.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
-MALLOC_SETTINGS = (
-    (_M_MMAP_THRESHOLD, 512 * 1024),
-    (_M_TRIM_THRESHOLD, 1024 * 1024),
-    (_M_ARENA_MAX, 1),
-)
-
-
-def tune_malloc() -> bool:
-    """Let memory go back after big transfers without paying for it in speed.
-
-    glibc raises its mmap threshold whenever a mapped block is freed, up to
-    32 MiB; blocks of that size then come from the heap, whose free space
-    mostly stays resident, so one large record would keep megabytes.  Fixing the
-    threshold turns that off.  At 512 KiB it sits above the event loop's
-    256 KiB reads, which therefore reuse heap memory instead of mapping
-    (and faulting in) fresh pages for every read of a big upload; the
-    heap's trim threshold, which would otherwise stay at its 128 KiB
-    default, is 1 MiB for the same reason; and one arena serves every
-    thread, so that bound holds once rather than per thread.  Returns
-    whether the settings were taken (False where the C library has no
-    ``mallopt``).
-    """
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    taken = [bool(mallopt(option, value)) for option, value in MALLOC_SETTINGS]
-    return all(taken)
 
 
 def _write_pid_file(path: str) -> None:
