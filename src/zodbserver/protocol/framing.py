@@ -28,57 +28,71 @@ def encode_frame(payload: bytes) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental decoder: feed bytes, get complete payloads."""
+    """Incremental decoder: feed bytes, get complete payloads.
 
-    __slots__ = ("_buffer", "max_frame_size")
+    Each received byte is copied once: a payload inside one chunk is sliced
+    out of it, and one spread over several chunks is joined from them when
+    its last byte arrives (a blob transfer's 59,000-byte chunks always
+    straddle the loop's reads).
+    """
+
+    __slots__ = ("_head", "_parts", "_missing", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        self._buffer = bytearray()
+        #: The start of a length prefix (fewer than four bytes).
+        self._head = b""
+        #: The received parts of a payload whose length is known.
+        self._parts: list[bytes | memoryview] = []
+        #: Bytes that payload still lacks (0: none is in progress).
+        self._missing = 0
         self.max_frame_size = max_frame_size
 
     @property
     def pending(self) -> int:
         """Bytes received that do not yet form a complete frame."""
-        return len(self._buffer)
+        if self._missing:
+            return _HEADER + sum(len(part) for part in self._parts)
+        return len(self._head)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the payloads completed by them.
 
         Raises ``FrameTooLarge`` when a length prefix exceeds the maximum.
         """
-        buffer = self._buffer
         if type(data) is not bytes:
             data = bytes(data)
-        if not buffer:
-            # The common case: the chunk starts with a frame.  Slice the
-            # payloads straight out of it and keep only an incomplete tail.
-            frames, position = self._split(data)
-            if position < len(data):
-                buffer += data[position:] if position else data
-            return frames
-        buffer += data
-        with memoryview(buffer) as view:
-            frames, position = self._split(view)
-        if position:
-            del buffer[:position]
-        return frames
-
-    def _split(self, source: bytes | memoryview) -> tuple[list[bytes], int]:
-        """The whole frames at the start of ``source``, and where they end."""
-        available = len(source)
-        limit = self.max_frame_size
         frames: list[bytes] = []
         position = 0
+        if self._missing:
+            if len(data) < self._missing:
+                if data:
+                    self._parts.append(data)
+                    self._missing -= len(data)
+                return frames
+            position = self._missing
+            with memoryview(data) as view:
+                self._parts.append(view[:position])
+                frames.append(b"".join(self._parts))
+            self._parts = []
+            self._missing = 0
+        elif self._head:
+            data = self._head + data
+            self._head = b""
+        available = len(data)
+        limit = self.max_frame_size
         while available - position >= _HEADER:
             start = position + _HEADER
-            size = int.from_bytes(source[position:start], "big")
+            size = int.from_bytes(data[position:start], "big")
             if size > limit:
                 raise FrameTooLarge(
                     f"frame of {size} bytes announced, the limit is {limit}"
                 )
             position = start + size
             if position > available:
-                return frames, start - _HEADER
-            payload = source[start:position]
-            frames.append(payload if type(payload) is bytes else bytes(payload))
-        return frames, position
+                if start < available:
+                    self._parts.append(memoryview(data)[start:])
+                self._missing = position - available
+                return frames
+            frames.append(data[start:position])
+        self._head = data[position:]
+        return frames
