@@ -37,12 +37,12 @@ import logging
 import random
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ZODB import POSException
 from ZODB.utils import z64
 
-from ..chunks import at_end, open_and_read, read_chunks
+from ..chunks import at_end, read_chunks
 from .cache import ClientCache
 from .exceptions import ClientDisconnected
 from .link import Address, QueuedCall, ServerLink
@@ -528,30 +528,33 @@ class ConnectionManager:
         link.call_async_many(calls, on_error)
 
     async def send_blob(
-        self, path: str, store_args: tuple[Any, ...], generation: int
+        self,
+        stream: BinaryIO,
+        chunks: list[bytes],
+        store_args: tuple[Any, ...],
+        generation: int,
     ) -> None:
         """Upload a blob file as storeBlobStart/Chunk/End, with backpressure.
 
-        The file is read in a thread a few chunks at a time and we wait for
-        the send buffer to drain in between, so memory stays bounded
-        whatever the blob's size.
+        ``chunks`` are the file's first ``read_chunks``, read by the caller
+        (the application thread, which waits for the upload anyway); the
+        rest of a big file is read here in a thread a few chunks at a time,
+        and we wait for the send buffer to drain in between, so memory
+        stays bounded whatever the blob's size.  The caller closes
+        ``stream``.
         """
         link = self._link_of(generation)
         link.call_async("storeBlobStart", ())
-        stream, chunks = await asyncio.to_thread(open_and_read, path)
-        try:
-            while chunks:
-                with link.corked():
-                    for chunk in chunks:
-                        link.call_async_data("storeBlobChunk", (), chunk)
-                if at_end(chunks):
-                    break
-                await link.drained()
-                if not link.is_open:
-                    raise ClientDisconnected("the connection was lost during an upload")
-                chunks = await asyncio.to_thread(read_chunks, stream)
-        finally:
-            stream.close()
+        while chunks:
+            with link.corked():
+                for chunk in chunks:
+                    link.call_async_data("storeBlobChunk", (), chunk)
+            if at_end(chunks):
+                break
+            await link.drained()
+            if not link.is_open:
+                raise ClientDisconnected("the connection was lost during an upload")
+            chunks = await asyncio.to_thread(read_chunks, stream)
         link.call_async("storeBlobEnd", store_args)
 
     def _load(self, link: ServerLink, oid: bytes, before: bytes) -> asyncio.Future[Any]:

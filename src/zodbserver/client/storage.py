@@ -38,6 +38,7 @@ from ZODB import POSException
 from ZODB.ConflictResolution import ConflictResolvingStorage
 from ZODB.utils import maxtid
 
+from ..chunks import open_and_read
 from ..errors import ConfigurationError
 from .blobs import BlobFiles
 from .cache import ClientCache
@@ -633,13 +634,17 @@ class ClientStorage(ConflictResolvingStorage):
         if buffer.generation != self._manager.generation:
             raise ClientDisconnected("storeBlob", "on a disconnected transaction")
         self._flush(buffer)  # the queued calls go before the upload
-        # Streamed from the connection thread; this thread waits for it.
-        self._thread.wait_for(
-            self._manager.send_blob,
-            path,
-            (oid, serial, data, id(txn)),
-            buffer.generation,
-        )
+        # Streamed from the connection thread while this thread waits; the
+        # first chunks are read here, saving the upload a trip to a thread.
+        stream, chunks = open_and_read(path)
+        with stream:
+            self._thread.wait_for(
+                self._manager.send_blob,
+                stream,
+                chunks,
+                (oid, serial, data, id(txn)),
+                buffer.generation,
+            )
 
     def loadBlob(self, oid: bytes, serial: bytes) -> str:
         blobs = self._blob_files()
