@@ -346,23 +346,31 @@ data_sizes = st.sampled_from([0, 1, 255, 256, 65535, 65536, 59000]) | st.integer
     method=method_names,
     args=arguments,
     size=data_sizes,
+    buffer_type=st.sampled_from([bytes, bytearray]),
 )
 def test_call_async_parts_join_to_exactly_call_async(
-    encoding: bytes, method: str, args: tuple[Any, ...], size: int
+    encoding: bytes,
+    method: str,
+    args: tuple[Any, ...],
+    size: int,
+    buffer_type: type[bytes] | type[bytearray],
 ) -> None:
-    """A blob chunk sent in pieces is byte for byte the call it stands for,
-    and decodes on the other end to the same event."""
+    """A blob chunk sent in pieces (bytes, or a buffer read straight from
+    the page cache) is byte for byte the call it stands for, and decodes
+    on the other end to the same event, with bytes."""
     server = ServerConnection(encoding + b"5")
     client = ClientConnection()
     client.receive_data(server.greeting())
     server.receive_data(client.handshake())
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    parts = server.call_async_parts(method, args, data)
+    chunk = buffer_type(data)
+    parts = server.call_async_parts(method, args, chunk)
     joined = b"".join(parts)
     assert joined == server.call_async(method, (*args, data))
     if encoding == MSGPACK:
-        assert parts[-1] is data  # sent as it is, not copied
+        assert parts[-1] is chunk  # sent as it is, not copied
     (event,) = client.receive_data(joined)
     assert isinstance(event, AsyncCall)
     assert event.method == method
     assert event.args[-1] == data
+    assert type(event.args[-1]) is bytes

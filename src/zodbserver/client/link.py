@@ -71,7 +71,7 @@ class ServerLink(asyncio.Protocol):
         self._connection = ClientConnection(find_global=exception_global)
         self._transport: asyncio.Transport | None = None
         self._pending: dict[Any, _Pending] = {}
-        self._corked: list[bytes] | None = None
+        self._corked: list[bytes | bytearray] | None = None
         self._last_msgid = 0
         self._lost = False
         #: Set while the send buffer is below its high-water mark.
@@ -209,7 +209,9 @@ class ServerLink(asyncio.Protocol):
             raise ClientDisconnected(f"not connected to {self.address!r}")
         self._write(self._connection.call_async(method, args))
 
-    def call_async_data(self, method: str, args: tuple[Any, ...], data: bytes) -> None:
+    def call_async_data(
+        self, method: str, args: tuple[Any, ...], data: bytes | bytearray
+    ) -> None:
         """``call_async(method, (*args, data))`` without copying ``data``."""
         if not self.is_open:
             raise ClientDisconnected(f"not connected to {self.address!r}")
@@ -252,7 +254,7 @@ class ServerLink(asyncio.Protocol):
         if self.is_open:
             self._write(self._connection.heartbeat())
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         if self._corked is not None:
             self._corked.append(data)
         elif self._transport is not None and not self._transport.is_closing():

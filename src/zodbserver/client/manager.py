@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, Protocol
 from ZODB import POSException
 from ZODB.utils import z64
 
-from ..chunks import at_end, read_chunks
+from ..chunks import Chunk, at_end, next_chunks
 from .cache import ClientCache
 from .exceptions import ClientDisconnected
 from .link import Address, QueuedCall, ServerLink
@@ -530,7 +530,7 @@ class ConnectionManager:
     async def send_blob(
         self,
         stream: BinaryIO,
-        chunks: list[bytes],
+        chunks: list[Chunk],
         store_args: tuple[Any, ...],
         generation: int,
     ) -> None:
@@ -538,10 +538,10 @@ class ConnectionManager:
 
         ``chunks`` are the file's first ``read_chunks``, read by the caller
         (the application thread, which waits for the upload anyway); the
-        rest of a big file is read here in a thread a few chunks at a time,
-        and we wait for the send buffer to drain in between, so memory
-        stays bounded whatever the blob's size.  The caller closes
-        ``stream``.
+        rest of a big file is read here a few chunks at a time
+        (``next_chunks``: from the page cache, or in a thread), and we wait
+        for the send buffer to drain in between, so memory stays bounded
+        whatever the blob's size.  The caller closes ``stream``.
         """
         link = self._link_of(generation)
         link.call_async("storeBlobStart", ())
@@ -554,7 +554,7 @@ class ConnectionManager:
             await link.drained()
             if not link.is_open:
                 raise ClientDisconnected("the connection was lost during an upload")
-            chunks = await asyncio.to_thread(read_chunks, stream)
+            chunks = await next_chunks(stream)
         link.call_async("storeBlobEnd", store_args)
 
     def _load(self, link: ServerLink, oid: bytes, before: bytes) -> asyncio.Future[Any]:

@@ -137,8 +137,8 @@ class _Connection:
         return self._encode((0, True, method, args))
 
     def call_async_parts(
-        self, method: str, args: tuple[Any, ...], data: bytes
-    ) -> tuple[bytes, ...]:
+        self, method: str, args: tuple[Any, ...], data: bytes | bytearray
+    ) -> tuple[bytes | bytearray, ...]:
         """``call_async(method, (*args, data))`` as pieces to write in turn.
 
         With msgpack the last argument's bytes are the frame's last bytes,
@@ -148,7 +148,7 @@ class _Connection:
         are exactly what ``call_async`` would have produced.
         """
         if self.encoding != MSGPACK:
-            return (self.call_async(method, (*args, data)),)
+            return (self.call_async(method, (*args, bytes(data))),)
         # An empty last argument encodes as bin 8 of length 0 (c4 00);
         # swap that for the header of the real length.
         head = self._codec_for_sending().encode((0, True, method, (*args, b"")))

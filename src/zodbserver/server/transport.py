@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
 
-from ..chunks import at_end, open_and_read, read_chunks
+from ..chunks import Chunk, at_end, next_chunks
 from ..errors import RemoteProtocolError
 from ..protocol import (
     AsyncCall,
@@ -58,7 +58,7 @@ class ServerProtocol(asyncio.Protocol):
         self._connections = connections
         self._transport: asyncio.Transport | None = None
         #: Writes not yet handed to the transport (None: none pending).
-        self._batch: list[bytes] | None = None
+        self._batch: list[bytes | bytearray] | None = None
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
@@ -122,7 +122,7 @@ class ServerProtocol(asyncio.Protocol):
         if not self.closed and self.connection.state is State.OPEN:
             self._write(self.connection.call_async(method, args))
 
-    def _send_async_data(self, method: str, args: tuple[Any, ...], data: bytes) -> None:
+    def _send_async_data(self, method: str, args: tuple[Any, ...], data: Chunk) -> None:
         """``send_async(method, (*args, data))`` without copying ``data``."""
         if not self.closed and self.connection.state is State.OPEN:
             for part in self.connection.call_async_parts(method, args, data):
@@ -131,14 +131,16 @@ class ServerProtocol(asyncio.Protocol):
     async def send_blob(self, oid: bytes, serial: bytes, path: str) -> None:
         """Stream a blob file as receiveBlobStart/Chunk/Stop calls.
 
-        Reads happen in a thread, a few chunks at a time, and we wait for the
-        send buffer to drain between reads: memory stays bounded whatever the
-        blob's size, and other clients are served meanwhile.  A blob of up
-        to ``CHUNKS_PER_READ`` chunks costs one trip to a thread.
+        The file is read a few chunks at a time (``chunks.next_chunks``:
+        straight from the page cache, or in a thread when that would wait
+        for the disk), and we wait for the send buffer to drain between
+        reads: memory stays bounded whatever the blob's size, and other
+        clients are served meanwhile.
         """
         self.send_async("receiveBlobStart", (oid, serial))
-        stream, chunks = await asyncio.to_thread(open_and_read, path)
-        try:
+        # loadBlob has just looked the file up: its inode is in memory.
+        with open(path, "rb") as stream:  # noqa: ASYNC230
+            chunks = await next_chunks(stream)
             while chunks and not self.closed:
                 for chunk in chunks:
                     self._send_async_data("receiveBlobChunk", (oid, serial), chunk)
@@ -146,9 +148,7 @@ class ServerProtocol(asyncio.Protocol):
                     break
                 self._flush()
                 await self._writable.wait()
-                chunks = await asyncio.to_thread(read_chunks, stream)
-        finally:
-            stream.close()
+                chunks = await next_chunks(stream)
         self.send_async("receiveBlobStop", (oid, serial))
 
     def close(self) -> None:
@@ -166,7 +166,7 @@ class ServerProtocol(asyncio.Protocol):
 
     # -- dispatch -------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         if self._batch is not None:
             self._batch.append(data)
         elif self._transport is not None and not self._transport.is_closing():
