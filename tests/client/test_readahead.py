@@ -58,6 +58,32 @@ def test_second_sibling_miss_prefetches_a_window(make_client: MakeClient) -> Non
     writer.close()
 
 
+def test_reading_a_prefetched_window_asks_for_the_next_one(
+    make_client: MakeClient,
+) -> None:
+    """The first sibling of a window, read from the cache, prefetches the
+    next window: a scan finds its objects already there."""
+    writer = ZODB.DB(make_client())
+    oids = _fill(writer)
+    reader = make_client()
+    wait_for_commit(writer.storage, reader)
+    db = ZODB.DB(reader)
+    with db.transaction() as conn:
+        container = conn.root()["container"]
+        assert container[0]["value"] == 0
+        assert container[1]["value"] == 1
+        reader.ping()  # the first window is in
+        misses = reader._cache.misses
+        assert container[2]["value"] == 2  # a cache hit, on the mark
+        assert reader._cache.misses == misses
+        reader.ping()
+    second_end = 3 + 2 * FIRST_WINDOW
+    assert all(_cached(reader, oids[:second_end]))
+    assert not any(_cached(reader, oids[second_end:]))
+    db.close()
+    writer.close()
+
+
 def test_a_miss_answered_from_the_cache_still_prefetches(
     make_client: MakeClient,
 ) -> None:

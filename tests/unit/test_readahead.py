@@ -17,6 +17,7 @@ from ZODB.utils import p64
 from zodbserver.client.readahead import (
     BINPERSID,
     FIRST_WINDOW,
+    MAX_MARKS,
     MAX_PARENTS,
     Readahead,
 )
@@ -72,6 +73,46 @@ def test_windows_double_and_do_not_repeat(records: Records) -> None:
     # A miss inside what was already requested proposes only what is new.
     again = readahead.missed(children[end + 1])
     assert not set(again) & set(second)
+
+
+def test_reaching_a_windows_first_sibling_proposes_the_next_window(
+    records: Records,
+) -> None:
+    readahead = Readahead(max_window=512)
+    readahead.loaded(b"parent00", records.container(200))
+    children = records.children
+    readahead.missed(children[0])
+    end = 2 + FIRST_WINDOW
+    assert readahead.missed(children[1]) == children[2:end]
+    assert readahead.reached(children[3]) == []  # not the mark
+    # Reached from the cache, the mark asks for more as a miss would have.
+    following = readahead.reached(children[2])
+    assert following == children[end : 3 + 2 * FIRST_WINDOW]
+    assert readahead.reached(children[2]) == []  # a mark is used once
+    assert list(readahead.marks) == [children[end]]
+
+
+def test_a_miss_on_the_mark_uses_it_up(records: Records) -> None:
+    readahead = Readahead(max_window=512)
+    readahead.loaded(b"parent00", records.container(200))
+    children = records.children
+    readahead.missed(children[0])
+    readahead.missed(children[1])
+    assert readahead.missed(children[2])  # arrived too late: a miss
+    assert children[2] not in readahead.marks
+    assert readahead.reached(children[2]) == []
+
+
+def test_marks_are_bounded(records: Records) -> None:
+    readahead = Readahead(max_window=512)
+    for index in range(MAX_MARKS + 5):
+        readahead.loaded(p64(index), records.container(8))
+        first, second = records.children[-8:-6]
+        readahead.missed(first)
+        readahead.missed(second)
+    assert len(readahead.marks) == MAX_MARKS
+    newest = records.children[-6]
+    assert list(readahead.marks)[-1] == newest
 
 
 def test_window_is_capped(records: Records) -> None:

@@ -595,6 +595,12 @@ class ConnectionManager:
             self.prefetch(tuple(siblings), before)
         return result
 
+    def readahead_reached(self, oid: bytes, before: bytes) -> None:
+        """The application read ``oid`` from the cache, and it is marked."""
+        siblings = self.readahead.reached(oid)
+        if siblings:
+            self.prefetch(tuple(siblings), before)
+
     async def _load_when_connected(
         self, oid: bytes, before: bytes, patience: float
     ) -> LoadResult:

@@ -18,13 +18,19 @@ costs the server a load and the cache some room:
 * every later miss on a child of the same parent prefetches the next
   ``window`` siblings after that child, and the window doubles each time, up
   to the configured maximum: a scan of N children costs about
-  ``log2(N / FIRST_WINDOW)`` round trips instead of N.
+  ``log2(N / FIRST_WINDOW)`` round trips instead of N;
+* the first sibling of each window prefetched is *marked*: when the
+  application reaches it -- usually a cache hit, since it was prefetched --
+  the next window is requested as if it had missed, while the application
+  still has the rest of this window to read.  A scan under way then rarely
+  waits at all (the asynchronous readahead of file systems).
 
 Only the bookkeeping lives here; the connection manager decides which of the
 proposed oids are worth loading (not cached, not already in flight) and
 loads them as ordinary ``loadBefore`` calls, so prefetched records obey the
 same ordering rules as any other load.  Not thread-safe: the connection
-thread alone uses it.
+thread alone uses it, except that application threads may test whether an
+oid is in ``marks``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ MAX_REFERENCES = 4096
 MAX_PARENTS = 32
 #: Siblings prefetched on the second miss; doubled on each later one.
 FIRST_WINDOW = 16
+#: Marked oids remembered at once, the oldest forgotten first.
+MAX_MARKS = MAX_PARENTS
 #: The opcode before every persistent reference in a ZODB record (ZODB
 #: pickles with protocol 1 or later); a record with fewer of these bytes
 #: than ``MIN_REFERENCES`` cannot be a parent.
@@ -66,6 +74,9 @@ class Readahead:
         self.max_window = max_window
         self._parents: OrderedDict[bytes, _Parent] = OrderedDict()
         self._parent_of: dict[bytes, tuple[bytes, int]] = {}
+        #: The first sibling of each window proposed: reaching it proposes
+        #: the next window (an insertion-ordered set).
+        self.marks: dict[bytes, None] = {}
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +105,22 @@ class Readahead:
 
     def missed(self, oid: bytes) -> list[bytes]:
         """The application missed ``oid`` in the cache: oids to prefetch."""
+        self.marks.pop(oid, None)
+        proposed = self._propose(oid)
+        if proposed:
+            self.marks[proposed[0]] = None
+            while len(self.marks) > MAX_MARKS:
+                del self.marks[next(iter(self.marks))]
+        return proposed
+
+    def reached(self, oid: bytes) -> list[bytes]:
+        """The application read ``oid`` from the cache: oids to prefetch
+        if it is marked, as if it had missed."""
+        if oid not in self.marks:
+            return []
+        return self.missed(oid)
+
+    def _propose(self, oid: bytes) -> list[bytes]:
         found = self._parent_of.get(oid)
         if found is None:
             return []

@@ -424,6 +424,9 @@ class ClientStorage(ConflictResolvingStorage):
     ) -> tuple[bytes, bytes, bytes | None] | None:
         cached = self._cache.load_before(oid, tid)
         if cached is not None:
+            if oid in self._manager.readahead.marks:
+                with contextlib.suppress(ClientDisconnected):
+                    self._thread.call_soon(self._manager.readahead_reached, oid, tid)
             return cached
         return self._thread.wait_for(
             self._manager.start_load, oid, tid, self._wait_timeout
