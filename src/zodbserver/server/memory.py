@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ MALLOC_SETTINGS = (
 TRIM_INTERVAL = 2.0
 
 
+@functools.cache
 def _libc_function(name: str) -> Any:
     """``name`` from the C library, or None where it has no such function."""
     try:
