@@ -5,6 +5,11 @@ median to the baseline system's (ZEO client × ZEO server) for every
 workload; ``RESULTS.md`` shows the same as tables.  A ratio is always
 ``value / baseline value``: whether that is good depends on the unit, so
 every row says which direction is better.
+
+Each round runs every system once, one after the other, so the *paired
+ratio* -- the median over rounds of that round's value over the baseline's
+-- compares measurements taken minutes apart at most.  On a shared machine
+whose speed drifts between rounds it is the steadier of the two figures.
 """
 
 from __future__ import annotations
@@ -81,10 +86,25 @@ def summarize(
             "errors": errors,
         }
     base = summary.get(baseline, {}).get("median")
+    base_runs = summary.get(baseline, {}).get("runs", [])
     for entry in summary.values():
         median = entry["median"]
         entry["ratio"] = median / base if median is not None and base else None
+        entry["paired_ratio"] = paired_ratio(entry["runs"], base_runs)
     return summary
+
+
+def paired_ratio(
+    runs: list[float | None], baseline_runs: list[float | None]
+) -> float | None:
+    """The median over rounds of ``run / baseline run``, skipping rounds in
+    which either failed."""
+    ratios = [
+        value / base
+        for value, base in zip(runs, baseline_runs, strict=False)
+        if value is not None and base
+    ]
+    return statistics.median(ratios) if ratios else None
 
 
 def write_json(path: str, results: dict[str, Any]) -> None:
@@ -119,14 +139,18 @@ def markdown(results: dict[str, Any]) -> str:
         "| workload | better | " + " | ".join(s["label"] for s in systems) + " |",
         "|---|---|" + "---|" * len(systems),
     ]
-    for workload in results["workloads"]:
-        cells = []
-        for system in systems:
-            ratio = workload["results"][system["key"]]["ratio"]
-            cells.append("failed" if ratio is None else f"{ratio:.2f}")
-        lines.append(
-            f"| {workload['name']} | {workload['better']} | " + " | ".join(cells) + " |"
-        )
+    lines += _ratio_rows(results, "ratio")
+    lines += [
+        "",
+        "## Paired ratios",
+        "",
+        "The median over rounds of each round's ratio (every round runs every "
+        "system once, back to back).",
+        "",
+        "| workload | better | " + " | ".join(s["label"] for s in systems) + " |",
+        "|---|---|" + "---|" * len(systems),
+    ]
+    lines += _ratio_rows(results, "paired_ratio")
     lines += [
         "",
         "## Values",
@@ -170,6 +194,19 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ratio_rows(results: dict[str, Any], key: str) -> list[str]:
+    rows = []
+    for workload in results["workloads"]:
+        cells = []
+        for system in results["systems"]:
+            ratio = workload["results"][system["key"]].get(key)
+            cells.append("failed" if ratio is None else f"{ratio:.2f}")
+        rows.append(
+            f"| {workload['name']} | {workload['better']} | " + " | ".join(cells) + " |"
+        )
+    return rows
 
 
 def _cell(entry: dict[str, Any]) -> str:

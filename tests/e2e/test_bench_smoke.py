@@ -66,14 +66,16 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
     for name, row in rows.items():
         assert set(row["results"]) == SYSTEMS, name
         for system, entry in row["results"].items():
-            ratio = entry["ratio"]
-            assert isinstance(ratio, float), (name, system, entry)
-            assert math.isfinite(ratio), (name, system, entry)
-            assert ratio > 0, (name, system, entry)
+            for ratio in (entry["ratio"], entry["paired_ratio"]):
+                assert isinstance(ratio, float), (name, system, entry)
+                assert math.isfinite(ratio), (name, system, entry)
+                assert ratio > 0, (name, system, entry)
         assert row["results"]["zeo-zeo"]["ratio"] == 1.0
+        assert row["results"]["zeo-zeo"]["paired_ratio"] == 1.0
         assert f"| {name} |" in markdown
     assert {"commits_16", "blob_write_100mb", "blob_read_100mb"} <= set(
         results["skipped"]
     )
     assert results["machine"]["packages"]["ZEO"]
     assert "failed" not in markdown
+    assert "## Paired ratios" in markdown
