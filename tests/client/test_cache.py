@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ZODB.utils import p64, z64
 
-from zodbserver.client.cache import RECORD_OVERHEAD, ClientCache
+from zodbserver.client.cache import RECORD_OVERHEAD, CacheRecord, ClientCache
 
 OID = p64(1)
 
@@ -139,3 +139,47 @@ def test_cache_answers_like_the_history_it_was_shown(
                 )
         elif action == "evict":
             cache.invalidate(p64(oid), None)
+
+
+saved_records = st.lists(
+    st.builds(
+        lambda oid, start, gap, current, size: CacheRecord(
+            p64(oid), p64(start), None if current else p64(start + gap), bytes(size)
+        ),
+        st.integers(1, 4),
+        st.integers(1, 20),
+        st.integers(1, 5),
+        st.booleans(),
+        st.integers(0, 40),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(saved_records, st.integers(1, 8))
+def test_restore_is_storing_each_saved_record_in_turn(
+    saved: list[CacheRecord], capacity: int
+) -> None:
+    """Whatever a cache file holds (duplicates, two current records of one
+    object, records too big to keep), restoring it leaves the cache as
+    storing its records one by one would."""
+    size = capacity * (RECORD_OVERHEAD + 16)
+    restored, stored = ClientCache(size), ClientCache(size)
+    restored.restore(p64(99), [CacheRecord(*vars_of(r)) for r in saved])
+    for record in saved:
+        stored.store(*vars_of(record))
+    assert [vars_of(r) for r in restored.records()] == [
+        vars_of(r) for r in stored.records()
+    ]
+    assert restored.total_size == stored.total_size
+    assert restored.get_last_tid() == p64(99)
+    for oid in range(1, 5):
+        for before in range(1, 30):
+            assert restored.load_before(p64(oid), p64(before)) == stored.load_before(
+                p64(oid), p64(before)
+            )
+
+
+def vars_of(record: CacheRecord) -> tuple[bytes, bytes, bytes | None, bytes]:
+    return record.oid, record.start, record.end, record.data

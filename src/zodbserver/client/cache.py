@@ -171,11 +171,29 @@ class ClientCache:
             self._last_tid = tid
 
     def restore(self, last_tid: bytes, records: Iterable[CacheRecord]) -> None:
-        """Replace the contents with saved records (least recently used first)."""
+        """Replace the contents with saved records (least recently used first).
+
+        The same as storing each record in turn.  A saved cache holds one
+        record per object, current, as a rule: those are taken as they are;
+        any other goes through ``store``.
+        """
         with self.lock:
             self.clear()
+            entries = self._records
+            current = self._current
             for record in records:
-                self.store(record.oid, record.start, record.end, record.data)
+                oid = record.oid
+                key = (oid, record.start)
+                if record.end is None and oid not in current and key not in entries:
+                    size = len(record.data) + RECORD_OVERHEAD
+                    if size <= self.maxsize:
+                        current[oid] = record.start
+                        entries[key] = record
+                        self._bytes += size
+                        if self._bytes > self.maxsize:
+                            self._evict()
+                else:
+                    self.store(oid, record.start, record.end, record.data)
             self._last_tid = last_tid
 
     def clear(self) -> None:

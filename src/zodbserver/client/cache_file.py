@@ -73,29 +73,29 @@ def decode_cache(data: bytes) -> tuple[bytes, list[CacheRecord]]:
         raise CorruptCacheFile("not a zodbserver cache file")
     body_end = len(data) - _TRAILER.size
     marker, count, checksum = _TRAILER.unpack_from(data, body_end)
-    if marker != b"e" or zlib.crc32(data[:body_end]) != checksum:
+    with memoryview(data) as view:
+        body_checksum = zlib.crc32(view[:body_end])
+    if marker != b"e" or body_checksum != checksum:
         raise CorruptCacheFile("cache file checksum mismatch")
     last_tid = data[len(MAGIC) : header]
     records: list[CacheRecord] = []
+    append = records.append
+    unpack = _RECORD.unpack_from
+    header_size = _RECORD.size
     position = header
     while position < body_end:
-        if body_end - position < _RECORD.size:
+        if body_end - position < header_size:
             raise CorruptCacheFile(f"truncated record at byte {position}")
-        marker, oid, start, end, size = _RECORD.unpack_from(data, position)
-        position += _RECORD.size
-        if marker != b"r" or position + size > body_end:
-            raise CorruptCacheFile(f"bad record at byte {position - _RECORD.size}")
-        if end != z64 and end <= start:
-            raise CorruptCacheFile(f"record ends before it starts at {position}")
-        records.append(
-            CacheRecord(
-                oid,
-                start,
-                None if end == z64 else end,
-                data[position : position + size],
-            )
-        )
-        position += size
+        marker, oid, start, end, size = unpack(data, position)
+        first = position + header_size
+        position = first + size
+        if marker != b"r" or position > body_end:
+            raise CorruptCacheFile(f"bad record at byte {first - header_size}")
+        if end == z64:
+            end = None
+        elif end <= start:
+            raise CorruptCacheFile(f"record ends before it starts at {first}")
+        append(CacheRecord(oid, start, end, data[first:position]))
     if len(records) != count:
         raise CorruptCacheFile("cache file record count mismatch")
     return last_tid, records
