@@ -54,25 +54,57 @@ def test_free_heap_pages_go_back_to_the_system() -> None:
     assert released_kib > 20000  # of the ~40 MB freed
 
 
-def test_the_trim_timer_runs_until_cancelled() -> None:
-    calls: list[float] = []
+class FakeCpu:
+    """A process CPU clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def test_memory_is_trimmed_once_the_server_is_idle_after_work() -> None:
+    cpu = FakeCpu()
+    trims: list[float] = []
+
+    async def scenario() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        timer = TrimTimer(loop, 3600, lambda: trims.append(cpu.seconds), cpu)
+        ticks = []
+        for used in (0.0, 0.5, 0.3, 0.001, 0.0, 0.2, 0.0):
+            cpu.seconds += used
+            ticks.append(timer.tick())
+        timer.cancel()
+        return ticks
+
+    ticks = asyncio.run(scenario())
+    # idle from the start: nothing to give back; busy, busy: not now;
+    # quiet: trim; quiet again: done already; busy; quiet: trim.
+    assert ticks == [False, False, False, True, False, False, True]
+    assert trims == [pytest.approx(0.801), pytest.approx(1.001)]
+
+
+def test_the_trim_timer_looks_every_interval_until_cancelled() -> None:
+    looks: list[float] = []
 
     async def scenario() -> int:
         loop = asyncio.get_running_loop()
-        third = asyncio.Event()
+        fourth = asyncio.Event()
 
-        def trim() -> None:
-            calls.append(loop.time())
-            if len(calls) == 3:
-                third.set()
+        def cpu_time() -> float:  # read once at start, then once per look
+            looks.append(loop.time())
+            if len(looks) == 4:
+                fourth.set()
+            return 0.0
 
-        timer = TrimTimer(loop, 0.01, trim)
-        await asyncio.wait_for(third.wait(), 5)
+        timer = TrimTimer(loop, 0.01, lambda: None, cpu_time)
+        await asyncio.wait_for(fourth.wait(), 5)
         timer.cancel()
-        counted = len(calls)
+        counted = len(looks)
         await asyncio.sleep(0.05)
         return counted
 
     counted = asyncio.run(scenario())
-    assert len(calls) == counted >= 3
-    assert calls == sorted(calls)
+    assert len(looks) == counted >= 4
+    assert looks == sorted(looks)

@@ -2,9 +2,9 @@
 
 Two things, both for a server that runs for months: ``tune_malloc`` fixes
 the allocator's thresholds once at start, and ``TrimTimer`` hands free heap
-pages back to the system every few seconds, so that the memory a burst of
-work needed (a big commit, a blob upload, many connections) does not stay
-resident once the burst is over.
+pages back to the system once the server goes idle after some work, so
+that the memory a burst (a big commit, a blob upload, many connections)
+needed does not stay resident once the burst is over.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +26,10 @@ MALLOC_SETTINGS = (
     (_M_ARENA_MAX, 1),
 )
 
-#: Seconds between two returns of free heap pages to the system.
+#: Seconds between two looks at whether the server has gone idle.
 TRIM_INTERVAL = 2.0
+#: Process CPU seconds per interval below which the server counts as idle.
+IDLE_CPU = 0.01
 
 
 @functools.cache
@@ -75,10 +78,14 @@ def return_free_memory() -> bool:
 
 
 class TrimTimer:
-    """Calls ``trim`` every ``interval`` seconds on ``loop`` until cancelled.
+    """Returns free heap pages to the system when the server goes idle.
 
-    A call that has nothing to release costs a few microseconds; after a
-    burst it may take a few hundred, on the loop, once.
+    Every ``interval`` seconds it reads the process's CPU time: an interval
+    that used less than ``IDLE_CPU`` after some work since the last trim
+    calls ``trim``, once.  Trimming walks the heap's free chunks under the
+    allocator's lock -- tens of milliseconds for a fragmented heap of a
+    gigabyte -- so it waits for a quiet moment instead of stalling a busy
+    server, and an idle server is not woken for nothing.
     """
 
     def __init__(
@@ -86,15 +93,30 @@ class TrimTimer:
         loop: asyncio.AbstractEventLoop,
         interval: float = TRIM_INTERVAL,
         trim: Callable[[], object] = return_free_memory,
+        cpu_time: Callable[[], float] = time.process_time,
     ) -> None:
         self._loop = loop
         self._interval = interval
         self._trim = trim
+        self._cpu_time = cpu_time
+        self._checked = self._trimmed = cpu_time()
         self._handle = loop.call_later(interval, self._run)
 
     def _run(self) -> None:
-        self._trim()
+        self.tick()
         self._handle = self._loop.call_later(self._interval, self._run)
+
+    def tick(self) -> bool:
+        """Trim if the last interval was idle after work; whether it did."""
+        now = self._cpu_time()
+        idle = now - self._checked < IDLE_CPU
+        worked = now - self._trimmed >= IDLE_CPU
+        self._checked = now
+        if not (idle and worked):
+            return False
+        self._trim()
+        self._checked = self._trimmed = self._cpu_time()
+        return True
 
     def cancel(self) -> None:
         self._handle.cancel()
