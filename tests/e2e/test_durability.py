@@ -35,6 +35,8 @@ from ZODB.POSException import POSKeyError
 from ZODB.scripts import fstest
 from ZODB.utils import get_pickle_metadata
 
+import zodbserver
+
 #: A ready server prints "LISTENING host port" on its stdout.
 SERVER_SCRIPT = r"""
 import sys
@@ -314,16 +316,9 @@ def test_sigkill_while_another_client_is_committing(server: ServerProcess) -> No
     restart_and_verify(server, acknowledged)
 
 
-def test_sigkill_between_vote_and_finish(server: ServerProcess) -> None:
-    """Killed with a voted (locked, written, unfinished) transaction on disk:
-    the restarted server drops it and keeps everything acknowledged."""
-    address = server.start()
-    setup_database(address, ("a",))
-    db = open_db(address)
-    try:
-        acknowledged = [(commit_value(db, "a", value), value) for value in range(5)]
-    finally:
-        db.close()
+def _vote_then_kill(server: ServerProcess, address: Any) -> bytes:
+    """Vote a transaction of one new object, SIGKILL the server before the
+    finish; return the object's oid."""
     size_before_vote = os.path.getsize(server.path)
     storage = ClientStorage(address, wait_timeout=PROMPTLY)
     try:
@@ -338,6 +333,20 @@ def test_sigkill_between_vote_and_finish(server: ServerProcess) -> None:
         storage.tpc_abort(metadata, timeout=0.1)  # frees the client's buffer
     finally:
         storage.close()
+    return oid
+
+
+def test_sigkill_between_vote_and_finish(server: ServerProcess) -> None:
+    """Killed with a voted (locked, written, unfinished) transaction on disk:
+    the restarted server drops it and keeps everything acknowledged."""
+    address = server.start()
+    setup_database(address, ("a",))
+    db = open_db(address)
+    try:
+        acknowledged = [(commit_value(db, "a", value), value) for value in range(5)]
+    finally:
+        db.close()
+    oid = _vote_then_kill(server, address)
     restart_and_verify(server, {"a": acknowledged})
     check = FileStorage(server.path, read_only=True)
     try:
@@ -345,6 +354,37 @@ def test_sigkill_between_vote_and_finish(server: ServerProcess) -> None:
             check.load(oid)
     finally:
         check.close()
+
+
+def test_restart_after_an_unfinished_vote_reports_the_last_commit(
+    server: ServerProcess, tmp_path: Any
+) -> None:
+    """FileStorage takes the unfinished transaction's tid as its last one
+    before it truncates it; the server reports the last committed tid, so
+    a client's persistent cache verifies against a transaction that exists."""
+    address = server.start()
+    last = setup_database(address, ("a",))
+    cached = zodbserver.DB(address, client="cached", var=str(tmp_path))
+    try:
+        with cached.transaction() as connection:
+            assert connection.root()["a"] is not None  # cached, then saved
+    finally:
+        cached.close()
+    _vote_then_kill(server, address)
+    address = server.start()
+    storage = ClientStorage(address, wait_timeout=PROMPTLY)
+    try:
+        assert storage.lastTransaction() == last
+    finally:
+        storage.close()
+    reopened = zodbserver.ClientStorage(address, client="cached", var=str(tmp_path))
+    try:
+        assert reopened.lastTransaction() == last
+        assert reopened.verify_result == "cache up to date"
+    finally:
+        reopened.close()
+    assert "was voted but never finished" in server.log()
+    server.terminate()
 
 
 def _record(state: dict[str, Any]) -> bytes:

@@ -26,6 +26,11 @@ TID = b"\x03" * 8
         ("history", (OID,), (OID,)),
         ("history", (OID, 3), (OID, 3)),
         ("iterator_gc", ((1, 2),), ([1, 2],)),
+        # Serials as ZODB's test suites and older code send them (ZEO takes
+        # them): an 8-character str that is 8 bytes in latin-1.
+        ("storea", (OID, "\0" * 8, b"data", 7), (OID, b"\0" * 8, b"data", 7)),
+        ("deleteObject", (OID, "\xff" * 8, 7), (OID, b"\xff" * 8, 7)),
+        ("storeBlobEnd", (OID, "\0" * 8, b"d", 7), (OID, b"\0" * 8, b"d", 7)),
     ],
 )
 def test_good_arguments_are_bound(
@@ -62,6 +67,16 @@ def test_good_arguments_are_bound(
             r"tpc_begin\(\) argument 6 must be a string, got int",
         ),
         ("history", (OID, "3"), r"history\(\) argument 2 must be an integer"),
+        (
+            "storea",
+            (OID, "\u0100" * 8, b"data", 7),
+            r"storea\(\) argument 2 must be an 8-byte serial, got str of length 8",
+        ),
+        (
+            "storea",
+            (OID, "\0" * 7, b"data", 7),
+            r"storea\(\) argument 2 must be an 8-byte serial, got str of length 7",
+        ),
         ("register", ("1", "yes"), r"register\(\) argument 2 must be a boolean"),
     ],
 )

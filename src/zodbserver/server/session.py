@@ -237,7 +237,10 @@ class Session:
 
     def iterator_record_start(self, txn_iid: int, tid: bytes) -> int:
         info = self._last_transaction_info.get(txn_iid)
-        if info is None or info.tid != tid:
+        if info is None:
+            # As ZEO: a KeyError means "no such iterator" to its client.
+            raise KeyError(txn_iid)
+        if info.tid != tid:
             raise ValueError(f"no current transaction {tid!r} in iterator {txn_iid}")
         iid = next(self._iterator_ids)
         self._iterators[iid] = iter(info)
@@ -256,10 +259,9 @@ class Session:
             self._forget_iterator(iid)
 
     def _iterator(self, iid: int) -> Iterator[Any]:
-        try:
-            return self._iterators[iid]
-        except KeyError:
-            raise ValueError(f"unknown iterator {iid!r}") from None
+        """The iterator ``iid``; KeyError, as with ZEO, once it is exhausted
+        or collected (ZEO's client relies on that exception)."""
+        return self._iterators[iid]
 
     def _forget_iterator(self, iid: int) -> None:
         iterator = self._iterators.pop(iid, None)

@@ -28,6 +28,7 @@ from ZODB.utils import z64
 
 from .commit import CommitLock
 from .invalidations import InvalidationQueue
+from .recovery import forget_unfinished_transaction
 from .settings import ServerSettings
 from .status import StorageStats
 
@@ -129,6 +130,7 @@ class HostedStorage:
         self.storage = storage
         self.settings = settings
         self.read_only = settings.read_only or bool(storage.isReadOnly())
+        forget_unfinished_transaction(name, storage)
         self.commit_lock = CommitLock(settings.transaction_timeout)
         self.stats = StorageStats()
         self.sessions: set[Session] = set()

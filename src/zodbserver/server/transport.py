@@ -198,9 +198,8 @@ class ServerProtocol(asyncio.Protocol):
 
     def _call(self, msgid: Any, method: str, args: tuple[Any, ...]) -> None:
         try:
+            # An asynchronous method sent as a call is answered, as ZEO does.
             spec, arguments = self._lookup(method, args)
-            if not spec.synchronous:
-                raise TypeError(f"{method}() is an asynchronous method")
             result = spec.function(self.session, *arguments)
         except RemoteProtocolError as exc:
             logger.warning("%s: %s", self.label, exc)
@@ -246,14 +245,21 @@ class ServerProtocol(asyncio.Protocol):
         self._write(self.connection.error(msgid, exc))
 
     def _call_async(self, method: str, args: tuple[Any, ...]) -> None:
+        """Run an async call.  It cannot be answered: when it belongs to the
+        client's transaction, its failure -- a bad argument included -- fails
+        that transaction at the vote; junk outside of one drops the client."""
         try:
             spec, arguments = self._lookup(method, args)
             if spec.synchronous:
                 raise RemoteProtocolError(f"{method}() must be called synchronously")
-        except Exception as exc:
-            # An async call cannot be answered: drop a client that sends junk.
-            logger.warning("%s: %s; closing", self.label, exc)
-            self.close()
+        except TypeError as exc:
+            if method in TRANSACTION_CALLS:
+                self.session.async_call_failed(method, exc)
+                return
+            self._drop_for_junk(exc)
+            return
+        except RemoteProtocolError as exc:
+            self._drop_for_junk(exc)
             return
         try:
             spec.function(self.session, *arguments)
@@ -262,6 +268,10 @@ class ServerProtocol(asyncio.Protocol):
                 self.session.async_call_failed(method, exc)
             else:
                 logger.warning("%s: async %s() failed: %r", self.label, method, exc)
+
+    def _drop_for_junk(self, exc: Exception) -> None:
+        logger.warning("%s: %s; closing", self.label, exc)
+        self.close()
 
 
 def _address_label(peer: Any) -> str:
