@@ -38,6 +38,7 @@ from ZODB import POSException
 from ZODB.ConflictResolution import ConflictResolvingStorage
 from ZODB.utils import maxtid
 
+from ..addresses import normalize_addresses
 from ..chunks import open_and_read
 from ..errors import ConfigurationError
 from .blobs import BlobFiles
@@ -46,7 +47,7 @@ from .cache_file import CacheFile, cache_path
 from .connection import ClientThread
 from .exceptions import ClientDisconnected
 from .iterators import IteratorRegistry, TransactionIterator
-from .link import Address, QueuedCall, ServerLink
+from .link import QueuedCall, ServerLink
 from .manager import ConnectionManager, Update
 
 logger = logging.getLogger(__name__)
@@ -75,29 +76,6 @@ _VOTE_ROUNDS = 9  # conflict-resolution rounds before giving up, as ZEO
 #: one wake-up and one socket write per batch rather than per store.
 _BATCH_CALLS = 128
 _BATCH_BYTES = MB
-
-
-def normalize_addresses(addr: Any) -> list[Address]:
-    """Addresses as a list of ``(host, port)`` tuples and Unix socket paths.
-
-    Accepts a port (``8100`` means ``127.0.0.1:8100``), ``(host, port)``,
-    ``"host:port"``, a path (anything with a ``/``, or without a port), or a
-    list of those.
-    """
-    if isinstance(addr, list):
-        return [address for item in addr for address in normalize_addresses(item)]
-    if isinstance(addr, int) and not isinstance(addr, bool):
-        return [("127.0.0.1", addr)]
-    if isinstance(addr, tuple) and len(addr) == 2 and isinstance(addr[1], int):
-        return [(str(addr[0]), addr[1])]
-    if isinstance(addr, tuple):
-        return normalize_addresses(list(addr))
-    if isinstance(addr, str):
-        host, sep, port = addr.rpartition(":")
-        if "/" not in addr and sep and port.isdigit():
-            return [(host.strip("[]") or "127.0.0.1", int(port))]
-        return [addr]
-    raise ConfigurationError(f"cannot use {addr!r} as a server address")
 
 
 class _CommitBuffer:
