@@ -31,7 +31,8 @@ their section names; a single unnamed section is served as ``"1"``, as
 runzeo does.  Differences from ZEO, each in the operator's favour: the
 ``<zeo>`` section and its ``address`` may be left out (127.0.0.1:8100), a
 bare port means 127.0.0.1 rather than every interface, and time keys take
-``s``/``m``/``h``/``d`` suffixes.
+``s``/``m``/``h``/``d`` suffixes.  Addresses are read by
+:mod:`~zodbserver.addresses`, durations and sizes by :mod:`~zodbserver.units`.
 
 ``msgpack`` left unset: ZEO then reads the environment variable
 ``ZEO_MSGPACK`` (non-empty means msgpack) and otherwise uses pickle.  We keep
@@ -49,7 +50,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import ipaddress
 import itertools
 import os
 import urllib.parse
@@ -64,10 +64,11 @@ import ZConfig.loader
 import ZODB.FileStorage
 import ZODB.interfaces
 
+from .addresses import Address, parse_address
 from .errors import ConfigurationError, StorageInUseError
 from .protocol import DEFAULT_MAX_FRAME_SIZE
-from .server.settings import DEFAULT_HOST, Address, ServerSettings
-from .units import parse_byte_size
+from .server.settings import ServerSettings
+from .units import parse_byte_size, parse_seconds
 
 __all__ = [
     "ServerConfig",
@@ -77,7 +78,6 @@ __all__ = [
     "load_config",
     "msgpack_from_environment",
     "open_storages",
-    "parse_address",
 ]
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema.xml")
@@ -89,49 +89,8 @@ DEFAULT_STORAGE_NAME = "1"
 # -- datatypes named by schema.xml -------------------------------------------
 
 
-def parse_address(value: str) -> Address:
-    """``PORT``, ``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or a socket path.
-
-    A bare port listens on 127.0.0.1 only (DESIGN.md); ``:PORT`` (empty host)
-    listens on every interface; anything containing ``/`` is the path of a
-    Unix socket.
-    """
-    text = value.strip()
-    if not text:
-        raise ValueError("empty address")
-    if "/" in text:
-        return text
-    if ":" not in text:
-        return (DEFAULT_HOST, _port(text, value))
-    host, _, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"not an IPv6 address: {host!r}") from None
-    elif ":" in host:
-        raise ValueError(
-            f"invalid address {value!r}: write an IPv6 address as [HOST]:PORT"
-        )
-    return (host, _port(port, value))
-
-
-def _port(text: str, value: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise ValueError(
-            f"invalid address {value!r}: expected PORT, HOST:PORT "
-            "or a socket path containing '/'"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"invalid address {value!r}: port {port} out of range")
-    return port
-
-
 def server_address(value: str) -> Address:
-    """ZConfig datatype for ``address``."""
+    """ZConfig datatype for ``address``: where the server listens."""
     return parse_address(value)
 
 
@@ -145,25 +104,9 @@ def non_negative_integer(value: str) -> int:
     return number
 
 
-_SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def seconds(value: str) -> float:
-    """A positive number of seconds, optionally with an s/m/h/d suffix."""
-    text = value.strip().lower()
-    factor = 1
-    if text and text[-1] in _SECONDS_PER_UNIT:
-        factor = _SECONDS_PER_UNIT[text[-1]]
-        text = text[:-1]
-    try:
-        number = float(text) * factor
-    except ValueError:
-        raise ValueError(
-            f"not a number of seconds: {value!r} (e.g. 30, 30s, 5m, 1h)"
-        ) from None
-    if not number > 0 or number == float("inf"):
-        raise ValueError(f"must be a positive number of seconds: {value!r}")
-    return number
+    """ZConfig datatype for the time keys: positive seconds (30, 5m, 1h)."""
+    return parse_seconds(value)
 
 
 def frame_size(value: str) -> int:

@@ -1,7 +1,8 @@
-"""The server's pid file, locked for as long as the server runs.
+"""The pid file of a server or client instance, locked while it runs.
 
 The lock (``flock``), not the pid's mere existence, is what ``status`` and
-``stop`` trust, so a stale file left by ``kill -9`` is recognised.
+``stop`` trust, so a stale file left by ``kill -9`` is recognised.  Also
+the one liveness check, :func:`process_alive`.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def probe(path: str) -> tuple[str, int | None]:
     try:
         pid = read_pid(path)
         # A dead pid needs no lock probe, which could race a starting server.
-        if pid is not None and not _alive(pid):
+        if pid is not None and not process_alive(pid):
             return "stale", pid
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -87,7 +88,8 @@ def probe(path: str) -> tuple[str, int | None]:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (of any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

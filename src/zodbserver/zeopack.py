@@ -34,13 +34,19 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .config import parse_address
+from .addresses import (
+    DEFAULT_HOST,
+    Address,
+    format_address,
+    parse_address,
+    parse_port,
+    split_host_port,
+)
 from .errors import ConfigurationError
+from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from .units import parse_seconds
 
 PROGRAM = "zeopack"
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 DEFAULT_WAIT_TIMEOUT = 10.0
 SECONDS_PER_DAY = 86400
@@ -50,13 +56,11 @@ SECONDS_PER_DAY = 86400
 class Target:
     """One storage on one server."""
 
-    address: str | tuple[str, int]
+    address: Address
     storage: str
 
     def describe(self) -> str:
-        address = self.address
-        where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-        return f"storage {self.storage!r} at {where}"
+        return f"storage {self.storage!r} at {format_address(self.address)}"
 
 
 class UsageError(ConfigurationError):
@@ -89,12 +93,9 @@ def _time_of_day(text: str) -> tuple[int, int, int]:
 
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
+        return parse_seconds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,15 +171,15 @@ def targets(args: argparse.Namespace) -> list[Target]:
     """The storages the command line names, in order."""
     found: list[Target] = []
     for server in args.servers:
-        host, port, name = _split_server(server)
-        found.append(Target((host or "127.0.0.1", port), name or "1"))
+        host_port, name = _split_server(server)
+        found.append(Target(host_port, name or "1"))
     for entry in args.unix:
         path, _, name = entry.partition(":")
         found.append(Target(path, name or "1"))
     if args.host is not None or args.port is not None:
         if args.port is None:
             raise UsageError("-h HOST needs -p PORT")
-        found.append(Target((args.host or "127.0.0.1", args.port), args.storage))
+        found.append(Target((args.host or DEFAULT_HOST, args.port), args.storage))
     if args.unix_path:
         found.append(Target(args.unix_path, args.storage))
     if not found and args.address:
@@ -192,14 +193,24 @@ def targets(args: argparse.Namespace) -> list[Target]:
     return found
 
 
-def _split_server(text: str) -> tuple[str, int, str]:
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise UsageError(f"not a server HOST:PORT[:STORAGE]: {text!r}")
-    port = int(parts[1])
-    if not 0 < port < 65536:
-        raise UsageError(f"not a port: {parts[1]!r} in {text!r}")
-    return parts[0], port, parts[2] if len(parts) == 3 else ""
+def _split_server(text: str) -> tuple[tuple[str, int], str]:
+    """``HOST:PORT[:STORAGE]`` as ``((host, port), storage or "")``."""
+    address, storage = text, ""
+    head, _, tail = text.rpartition(":")
+    if ":" in head.rpartition("]")[2]:  # a second colon outside the brackets
+        address, storage = head, tail
+    try:
+        host, port = split_host_port(address)
+        if port is None:
+            raise ValueError(f"no port in {address!r}")
+        return (
+            host or DEFAULT_HOST,
+            parse_port(port, address, listening=False),
+        ), storage
+    except ValueError as error:
+        raise UsageError(
+            f"not a server HOST:PORT[:STORAGE]: {text!r} ({error})"
+        ) from None
 
 
 def pack_time(days: float, time_of_day: tuple[int, int, int] | None) -> float:

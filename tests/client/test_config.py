@@ -517,7 +517,7 @@ def test_client_shortcut(address: Any) -> None:
         zconfig.parse_boolean,
         zconfig.parse_byte_size,
         zconfig.parse_percentage,
-        zconfig.parse_seconds,
+        zconfig.parse_timeout,
         zconfig.parse_server_address,
     ],
 )

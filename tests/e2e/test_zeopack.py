@@ -239,7 +239,7 @@ def test_nothing_listening_exits_1_naming_the_server() -> None:
         (["-t", "25:00", "-a", "8100"], "not a time of day"),
         (["localhost"], "not a server HOST:PORT[:STORAGE]"),
         (["-h", "localhost"], "-h HOST needs -p PORT"),
-        (["--wait-timeout", "0", "-a", "8100"], "must be positive"),
+        (["--wait-timeout", "0", "-a", "8100"], "must be a positive number"),
     ],
 )
 def test_wrong_command_line_exits_2(args: list[str], message: str) -> None:

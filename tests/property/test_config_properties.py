@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zodbserver.config import load_config, parse_address, seconds
+from zodbserver.config import load_config
 from zodbserver.errors import ConfigurationError
 
 KEYS = [
@@ -30,36 +30,6 @@ line_text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
     max_size=30,
 )
-
-
-@given(st.text(max_size=40))
-def test_parse_address_returns_an_address_or_value_error(text: str) -> None:
-    try:
-        address = parse_address(text)
-    except ValueError as error:
-        message = str(error)
-        assert message, "an empty error message"  # noqa: PT017
-        return
-    if isinstance(address, str):
-        assert "/" in address
-    else:
-        host, port = address
-        assert isinstance(host, str)
-        assert 0 <= port <= 65535
-
-
-@given(st.integers(0, 65535))
-def test_a_bare_port_listens_on_loopback(port: int) -> None:
-    assert parse_address(str(port)) == ("127.0.0.1", port)
-
-
-@given(st.text(max_size=20))
-def test_seconds_returns_a_positive_number_or_value_error(text: str) -> None:
-    try:
-        value = seconds(text)
-    except ValueError:
-        return
-    assert value > 0
 
 
 @settings(

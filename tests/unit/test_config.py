@@ -10,12 +10,12 @@ import ZODB.DemoStorage
 import ZODB.FileStorage
 import ZODB.MappingStorage
 
+from zodbserver.addresses import parse_address
 from zodbserver.config import (
     ServerConfig,
     close_storages,
     load_config,
     open_storages,
-    parse_address,
 )
 from zodbserver.errors import ConfigurationError, StorageInUseError
 from zodbserver.protocol import DEFAULT_MAX_FRAME_SIZE

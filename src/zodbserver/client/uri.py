@@ -11,6 +11,7 @@ the ``zodburi.resolvers`` group, so ``zodburi.resolve_uri`` understands::
 The port defaults to 8100 and the host to 127.0.0.1, as for the server.
 A URI with a host names TCP servers (a path after it may only be ``/``);
 one without (three slashes) names a Unix socket, percent-encoded if need be.
+Each server is a URL host, read by :mod:`zodbserver.addresses`.
 
 Parameters are the keys of the ``<clientstorage>`` configuration section
 with ``_`` for ``-``, and take the same values:
@@ -39,22 +40,20 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from ..addresses import DEFAULT_HOST, DEFAULT_PORT, Address, parse_port, split_host_port
 from ..errors import ConfigurationError
-from .link import Address
 from .storage import ClientStorage
 from .zconfig import (
     parse_boolean,
     parse_byte_size,
     parse_count,
     parse_percentage,
-    parse_seconds,
+    parse_timeout,
 )
 
 __all__ = ["DEFAULT_PORT", "SCHEME", "resolve"]
 
 SCHEME = "zodbserver"
-DEFAULT_PORT = 8100
-DEFAULT_HOST = "127.0.0.1"
 
 
 def _text(value: str) -> str:
@@ -79,9 +78,9 @@ _PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shared_blob_dir": ("shared_blob_dir", parse_boolean),
     "server_sync": ("server_sync", parse_boolean),
     "wait": ("wait", parse_boolean),
-    "wait_timeout": ("wait_timeout", parse_seconds),
-    "min_disconnect_poll": ("min_disconnect_poll", parse_seconds),
-    "max_disconnect_poll": ("max_disconnect_poll", parse_seconds),
+    "wait_timeout": ("wait_timeout", parse_timeout),
+    "min_disconnect_poll": ("min_disconnect_poll", parse_timeout),
+    "max_disconnect_poll": ("max_disconnect_poll", parse_timeout),
 }
 
 
@@ -132,22 +131,13 @@ def _addresses(uri: str, parts: urllib.parse.SplitResult) -> list[Address]:
 
 
 def _host_port(uri: str, item: str) -> tuple[str, int]:
-    if item.startswith("["):
-        host, bracket, rest = item[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ConfigurationError(f"{uri!r}: bad IPv6 address {item!r}")
-        port = rest[1:]
-    else:
-        host, _colon, port = item.partition(":")
-        if ":" in port:
-            raise ConfigurationError(
-                f"{uri!r}: write an IPv6 address in brackets: [{item}]"
-            )
-    if not port:
-        return (host or DEFAULT_HOST, DEFAULT_PORT)
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"{uri!r}: bad port {port!r} in {item!r}")
-    return (host or DEFAULT_HOST, int(port))
+    """One server of the URI: a URL host, its port defaulting to 8100."""
+    try:
+        host, port = split_host_port(item)
+        number = parse_port(port, item, listening=False) if port else DEFAULT_PORT
+    except ValueError as error:
+        raise ConfigurationError(f"{uri!r}: {error}") from None
+    return (host or DEFAULT_HOST, number)
 
 
 def _parameters(uri: str, query: str) -> tuple[dict[str, Any], dict[str, str]]:

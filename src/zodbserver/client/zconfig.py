@@ -31,8 +31,10 @@ polls of ZODB's ``<zeoclient>``; ``<ssl>`` takes ZEO's keys, but its
 
 Every key has a datatype of its own here, so that a bad value fails with
 a message naming the key (ZConfig's own datatypes do not name it).  The
-value parsers (``parse_byte_size``, ``parse_boolean``, ``parse_seconds``)
-are shared with the URI resolver (``uri``).
+value parsers (``parse_byte_size``, ``parse_boolean``, ``parse_timeout``)
+are shared with the URI resolver (``uri``); addresses are read by
+:mod:`zodbserver.addresses` (connecting: ``:PORT`` is 127.0.0.1), sizes and
+durations by :mod:`zodbserver.units`.
 """
 
 from __future__ import annotations
@@ -44,17 +46,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import ZConfig.datatypes
 import ZODB.config
 
+from ..addresses import Address, parse_address
 from ..errors import ConfigurationError
-from ..units import parse_byte_size
-from .link import Address
+from ..units import parse_byte_size, parse_seconds
 from .storage import ClientStorage
 
 T = TypeVar("T")
 
-_SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TRUE = frozenset({"1", "on", "true", "yes"})
 _FALSE = frozenset({"0", "off", "false", "no"})
 
@@ -72,22 +72,9 @@ def parse_boolean(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r} (use true or false)")
 
 
-def parse_seconds(value: str) -> float:
-    """A non-negative number of seconds, optionally with an s/m/h/d suffix."""
-    text = value.strip().lower()
-    factor = 1
-    if text and text[-1] in _SECONDS_PER_UNIT:
-        factor = _SECONDS_PER_UNIT[text[-1]]
-        text = text[:-1]
-    try:
-        number = float(text) * factor
-    except ValueError:
-        raise ValueError(
-            f"not a number of seconds: {value!r} (e.g. 30, 30s, 5m)"
-        ) from None
-    if not 0 <= number < float("inf"):
-        raise ValueError(f"must be a non-negative number of seconds: {value!r}")
-    return number
+def parse_timeout(value: str) -> float:
+    """0 or more seconds, optionally with an s/m/h/d suffix (30, 30s, 5m)."""
+    return parse_seconds(value, allow_zero=True)
 
 
 def parse_count(value: str) -> int:
@@ -113,23 +100,8 @@ def parse_percentage(value: str) -> int:
 
 
 def parse_server_address(value: str) -> Address:
-    """``HOST:PORT``, ``[IPV6]:PORT``, ``PORT`` (on 127.0.0.1) or a socket path.
-
-    The syntax is ZConfig's ``socket-connection-address``, as ZEO reads it.
-    """
-    try:
-        address = ZConfig.datatypes.SocketConnectionAddress(value.strip()).address
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"not a server address: {value!r} (HOST:PORT, PORT or a socket "
-            f"path): {error}"
-        ) from None
-    if isinstance(address, str):
-        return address
-    host, port = address
-    if port is None or not 0 < port < 65536:
-        raise ValueError(f"not a server address: {value!r} (no valid port)")
-    return (host or "127.0.0.1", port)
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``PORT`` (on 127.0.0.1) or a socket path."""
+    return parse_address(value, listening=False)
 
 
 # -- ZConfig datatypes, one per key, so that errors name the key -------------
@@ -157,9 +129,9 @@ read_only_fallback = _naming("read-only-fallback", parse_boolean)
 server_sync = _naming("server-sync", parse_boolean)
 readahead = _naming("readahead", parse_count)
 wait = _naming("wait", parse_boolean)
-wait_timeout = _naming("wait-timeout", parse_seconds)
-min_disconnect_poll = _naming("min-disconnect-poll", parse_seconds)
-max_disconnect_poll = _naming("max-disconnect-poll", parse_seconds)
+wait_timeout = _naming("wait-timeout", parse_timeout)
+min_disconnect_poll = _naming("min-disconnect-poll", parse_timeout)
+max_disconnect_poll = _naming("max-disconnect-poll", parse_timeout)
 check_hostname = _naming("check-hostname", parse_boolean)
 
 

@@ -3,50 +3,44 @@
     python -m zodbserver.instance -C instance.json fg | start | stop | status
 
 ``fg`` serves in the foreground with waitress until SIGTERM or SIGINT
-(exit 0).  ``start`` runs ``fg`` as a detached process (its output goes to
-the instance's log file) and returns once the HTTP port accepts
-connections, or reports why it could not (exit 1, with the last lines the
-failed process logged: a locked Data.fs, a bad zope.conf, ...).  ``stop``
-sends SIGTERM and waits for the process to go (exit 1 when not running).
-``fg`` exits 75 when the application's startup conflicted with another
-instance starting at the same time (a Zope instance's first commits to a
-new database); ``start`` then runs it again, as a supervisor would.
-``status`` answers 0 running, 1 dead with a stale pid file, 3 not
-running -- the exit codes of ``zeoserver``.  The pid file is locked while
-the instance runs, as the server's is.  The application is
-``wsgi.make_app``'s: the configured WSGI application in a transaction per
-request, or a real Zope (``application = zope``) that manages its own
-transactions.
+(exit 0).  ``start`` runs ``fg`` as a daemon (:mod:`zodbserver.daemon`, as
+``zeoserver start`` does; its output goes to the instance's log file) and
+returns once the HTTP port listens, or reports why it could not (exit 1,
+with the last lines the failed process logged: a locked Data.fs, a bad
+zope.conf, ...).  ``stop`` sends SIGTERM and waits for the process to go
+(exit 1 when not running).  ``fg`` exits 75 when the application's startup
+conflicted with another instance starting at the same time (a Zope
+instance's first commits to a new database); ``start`` then runs it again,
+as a supervisor would.  ``status`` answers 0 running, 1 dead with a stale
+pid file, 3 not running -- the exit codes of ``zeoserver``
+(:mod:`zodbserver.exit_codes`).  The pid file is locked while the instance
+runs, as the server's is.  The application is ``wsgi.make_app``'s: the
+configured WSGI application in a transaction per request, or a real Zope
+(``application = zope``) that manages its own transactions.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from typing import Any
 
 from ZODB.POSException import ConflictError
 
+from .. import daemon
 from ..errors import ZodbServerError
+from ..exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_TRY_AGAIN
 from ..pidfile import AlreadyRunning, PidFile, probe
 from .wsgi import load_settings, make_app
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-STATUS_STALE = 1
-STATUS_NOT_RUNNING = 3
+PROGRAM = "instance"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 FAILURE_LINES = 5
-#: ``fg``'s exit status when starting raced another instance's first
-#: commits to the database (EX_TEMPFAIL): running it again will work.
-EXIT_TRY_AGAIN = 75
 START_ATTEMPTS = 3
 STARTUP_CONFLICT = (
     "another instance changed the database while this one was setting it "
@@ -55,181 +49,135 @@ STARTUP_CONFLICT = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``bin/<instance> ARGV``; the exit status."""
     parser = argparse.ArgumentParser(
-        prog="instance", description="Control a zodbserver client instance."
+        prog=PROGRAM, description="Control a zodbserver client instance."
     )
     parser.add_argument("-C", "--config", required=True, help="instance.json")
     parser.add_argument("command", choices=["fg", "start", "stop", "status"])
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
-    command = {"fg": fg, "start": start, "stop": stop, "status": status}
-    return command[args.command](args.config, settings)
+    if args.command == "fg":
+        return fg(args.config, settings, ready_fd=args.ready_fd)
+    if args.command == "start":
+        return start(args.config, settings)
+    if args.command == "stop":
+        return daemon.stop(PROGRAM, settings["pid-file"], STOP_TIMEOUT)
+    return daemon.status(PROGRAM, settings["pid-file"])
 
 
-def fg(config_path: str, settings: dict[str, Any]) -> int:
-    import waitress
-
+def fg(config_path: str, settings: dict[str, Any], ready_fd: int | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; tell a waiting ``start`` how it went."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    report = daemon.ReportPipe(ready_fd)
     pid_file = PidFile(settings["pid-file"])
     try:
-        pid_file.acquire()
-    except AlreadyRunning as error:
-        print(error, file=sys.stderr)
-        return EXIT_FAILURE
-    try:
         try:
-            app = make_app(config_path)
-        except ZodbServerError as error:
-            print(f"instance cannot start: {error}", file=sys.stderr)
-            return EXIT_FAILURE
-        except ConflictError as error:
-            print(
-                f"instance cannot start yet: {STARTUP_CONFLICT} ({error})",
-                file=sys.stderr,
-            )
-            return EXIT_TRY_AGAIN
+            pid_file.acquire()
+        except AlreadyRunning as error:
+            return _failed(report, str(error), EXIT_FAILURE)
         try:
-            server: Any = waitress.create_server(
-                app, host=settings["http-host"], port=settings["http-port"]
-            )
-
-            def shut_down(signum: int, frame: Any) -> None:
-                raise SystemExit(EXIT_OK)
-
-            signal.signal(signal.SIGTERM, shut_down)
-            signal.signal(signal.SIGINT, shut_down)
-            logging.getLogger("zodbserver.instance").info(
-                "serving http://%s:%s", settings["http-host"], settings["http-port"]
-            )
-            try:
-                server.run()
-            except SystemExit:
-                pass
-            finally:
-                server.close()
+            status, problem = _serve(config_path, settings, report)
         finally:
-            app.close()
+            # Before the report: a ``start`` trying again must find it unlocked.
+            pid_file.release()
+        if problem is not None:
+            return _failed(report, problem, status)
+        return status
     finally:
-        pid_file.release()
-    return EXIT_OK
+        report.close()
+
+
+def _serve(
+    config_path: str, settings: dict[str, Any], report: daemon.ReportPipe
+) -> tuple[int, str | None]:
+    """Make the application and serve it; the exit status and the problem."""
+    import waitress
+
+    try:
+        app = make_app(config_path)
+    except ZodbServerError as error:
+        return EXIT_FAILURE, f"instance cannot start: {error}"
+    except ConflictError as error:
+        return (
+            EXIT_TRY_AGAIN,
+            f"instance cannot start yet: {STARTUP_CONFLICT} ({error})",
+        )
+    try:
+        host, port = settings["http-host"], settings["http-port"]
+        server: Any = waitress.create_server(app, host=host, port=port)
+
+        def shut_down(signum: int, frame: Any) -> None:
+            raise SystemExit(EXIT_OK)
+
+        signal.signal(signal.SIGTERM, shut_down)
+        signal.signal(signal.SIGINT, shut_down)
+        logging.getLogger("zodbserver.instance").info(
+            "serving http://%s:%s", host, port
+        )
+        report.ready(f"http://{host}:{port}")
+        try:
+            server.run()
+        except SystemExit:
+            pass
+        finally:
+            server.close()
+    finally:
+        app.close()
+    return EXIT_OK, None
+
+
+def _failed(report: daemon.ReportPipe, problem: str, status: int) -> int:
+    print(problem, file=sys.stderr)
+    report.failed(problem, status)
+    return status
 
 
 def start(config_path: str, settings: dict[str, Any]) -> int:
-    state, pid = probe(settings["pid-file"])
+    """Start ``fg`` as a daemon; again while its start-up conflicts."""
+    pid_file = settings["pid-file"]
+    state, pid = probe(pid_file)
     if state == "running":
         print(f"instance is already running (pid {pid})", file=sys.stderr)
         return EXIT_FAILURE
     log_file = settings["log-file"]
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        process, log_start = _launch(config_path, log_file)
-        if _wait_until_listening(process, settings):
-            print(f"instance started, pid {process.pid}")
+    for _attempt in range(START_ATTEMPTS):
+        report, log_start = daemon.launch(
+            _fg_argv(config_path),
+            log_file=log_file,
+            timeout=START_TIMEOUT,
+            environment=_environment(),
+        )
+        if report.kind == "ready":
+            print(f"instance started, pid {report.pid}")
             return EXIT_OK
-        if process.returncode is None:
-            process.terminate()
-            print(f"instance did not listen within {START_TIMEOUT:g}s", file=sys.stderr)
-            return EXIT_FAILURE
-        if process.returncode != EXIT_TRY_AGAIN or attempt == START_ATTEMPTS:
-            print(
-                f"instance failed to start (exit {process.returncode}); see {log_file}",
-                file=sys.stderr,
-            )
-            print(_last_error(log_file, log_start), file=sys.stderr)
-            return EXIT_FAILURE
-    raise AssertionError("unreachable")  # pragma: no cover
+        if report.kind != "error" or report.status != EXIT_TRY_AGAIN:
+            break
+    state, pid = probe(pid_file)
+    if report.kind == "silent" and state == "running" and pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        print(f"instance did not listen within {START_TIMEOUT:g}s", file=sys.stderr)
+        return EXIT_FAILURE
+    problem = report.detail or "it exited before it listened"
+    print(f"instance failed to start: {problem}; see {log_file}", file=sys.stderr)
+    daemon.print_log_since(log_file, log_start, FAILURE_LINES)
+    return EXIT_FAILURE
 
 
-def _launch(config_path: str, log_file: str) -> tuple[subprocess.Popen[bytes], int]:
-    """``fg`` as a detached process logging to ``log_file``; where it starts."""
+def _fg_argv(config_path: str) -> list[str]:
+    return [sys.executable, "-m", "zodbserver.instance", "-C", config_path, "fg"]
+
+
+def _environment() -> dict[str, str]:
+    """This environment, with the ``zodbserver`` package on ``PYTHONPATH``."""
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(
         filter(None, [package_parent, environment.get("PYTHONPATH")])
     )
-    with open(log_file, "ab") as log, open(os.devnull, "rb") as devnull:
-        log_start = log.tell()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "zodbserver.instance", "-C", config_path, "fg"],
-            stdin=devnull,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env=environment,
-        )
-    return process, log_start
-
-
-def _wait_until_listening(
-    process: subprocess.Popen[bytes], settings: dict[str, Any]
-) -> bool:
-    """True once the HTTP port answers; False if the process exits first."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        if _listening(settings["http-host"], settings["http-port"]):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def stop(config_path: str, settings: dict[str, Any]) -> int:
-    state, pid = probe(settings["pid-file"])
-    if state != "running" or pid is None:
-        print("instance is not running", file=sys.stderr)
-        return EXIT_FAILURE
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if probe(settings["pid-file"])[0] != "running" and not _alive(pid):
-            print(f"instance stopped (pid {pid})")
-            return EXIT_OK
-        time.sleep(0.05)
-    print(
-        f"instance (pid {pid}) did not stop within {STOP_TIMEOUT:g}s", file=sys.stderr
-    )
-    return EXIT_FAILURE
-
-
-def status(config_path: str, settings: dict[str, Any]) -> int:
-    state, pid = probe(settings["pid-file"])
-    if state == "running":
-        print(f"instance is running (pid {pid})")
-        return EXIT_OK
-    if state == "stale":
-        print(f"instance is not running; stale pid file (pid {pid})")
-        return STATUS_STALE
-    print("instance is not running")
-    return STATUS_NOT_RUNNING
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _last_error(log_file: str, offset: int) -> str:
-    """The last lines the failed ``fg`` wrote to the log: usually why."""
-    try:
-        with open(log_file, "rb") as log:
-            log.seek(offset)
-            lines = log.read().decode("utf-8", "replace").strip().splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-FAILURE_LINES:])
+    return environment

@@ -10,7 +10,7 @@ from typing import Any
 
 import zc.buildout
 
-from ..config import parse_address
+from ..addresses import Address, format_address, parse_address
 
 TRUE = ("true", "on", "yes", "1")
 FALSE = ("false", "off", "no", "0")
@@ -75,15 +75,15 @@ class PartOptions:
         return value
 
     def address(self, option: str, value: str) -> str:
+        """``PORT`` (on 127.0.0.1), ``HOST:PORT`` or a socket path, as text."""
+        return format_address(self.parsed_address(option, value))
+
+    def parsed_address(self, option: str, value: str) -> Address:
         """``PORT`` (on 127.0.0.1), ``HOST:PORT`` or a socket path."""
         try:
-            parsed = parse_address(value)
+            return parse_address(value)
         except ValueError as error:
             raise self.fail(option, str(error)) from None
-        if isinstance(parsed, str):
-            return parsed
-        host, port = parsed
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def path(self, option: str, default: str, base: str) -> str:
         return os.path.join(base, self.text(option) or default)

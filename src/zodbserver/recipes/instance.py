@@ -95,10 +95,12 @@ class Recipe:
     def render(self) -> tuple[str, dict[str, Any]]:
         parsed = self.parsed
         var = parsed.path("var", "var", self.base)
-        http = parsed.address("http-address", parsed.text("http-address") or "8080")
-        if "/" in http:
+        http = parsed.parsed_address(
+            "http-address", parsed.text("http-address") or "8080"
+        )
+        if isinstance(http, str):
             raise parsed.fail("http-address", "expected PORT or HOST:PORT, not a path")
-        http_host, _, http_port = http.rpartition(":")
+        http_host, http_port = http
         self.var = var
         application = self.application()
         self.storage_lines = self.clientstorage_lines()
@@ -116,8 +118,8 @@ class Recipe:
             ]
         )
         settings = {
-            "http-host": http_host.strip("[]"),
-            "http-port": int(http_port),
+            "http-host": http_host,
+            "http-port": http_port,
             "application": application,
             "conflict-retries": parsed.integer("conflict-retries", 3),
             "zodb-conf": zodb_conf + "\n",
