@@ -83,7 +83,7 @@ def parse_address(value: str, *, listening: bool = True) -> Address:
         raise ValueError(f"invalid address {value!r}: it is empty")
     if "/" in text:
         return text
-    host, port = split_host_port(text)
+    host, port = split_host_port(text, value)
     if port is None:  # a bare port
         if text.startswith("[") or not _is_number(host):
             raise ValueError(f"invalid address {value!r}: {_FORMS}")
@@ -93,27 +93,29 @@ def parse_address(value: str, *, listening: bool = True) -> Address:
     return (host, parse_port(port, value, listening=listening))
 
 
-def split_host_port(text: str) -> tuple[str, str | None]:
+def split_host_port(text: str, value: str | None = None) -> tuple[str, str | None]:
     """``HOST:PORT`` as ``(HOST, PORT)``, ``HOST`` as ``(HOST, None)``.
 
     An IPv6 host is written in brackets, which are removed; the address in
     them is checked.  The port is returned as written (possibly empty).
+    Errors quote ``value``, the address as given, if ``text`` is a part of it.
     """
+    quoted = text if value is None else value
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"invalid address {text!r}: bad IPv6 address")
+            raise ValueError(f"invalid address {quoted!r}: bad IPv6 address")
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(
-                f"invalid address {text!r}: not an IPv6 address: {host!r}"
+                f"invalid address {quoted!r}: not an IPv6 address: {host!r}"
             ) from None
         return host, rest[1:] if rest else None
     host, colon, port = text.partition(":")
     if ":" in port:
         raise ValueError(
-            f"invalid address {text!r}: write an IPv6 address in brackets, "
+            f"invalid address {quoted!r}: write an IPv6 address in brackets, "
             "as [HOST]:PORT"
         )
     return host, port if colon else None
