@@ -145,7 +145,7 @@ def start(plan: Plan, timeout: float) -> int:
         return EXIT_OK
     if report.kind == "error":
         problem = report.detail
-    elif probe(plan.pid_file)[0] == "running":
+    elif report.kind == "timeout":
         problem = f"not listening after {timeout:g} seconds; it is still starting"
     else:
         problem = "the server process exited before it listened"

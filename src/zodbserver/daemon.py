@@ -88,9 +88,10 @@ class ReportPipe:
 
 @dataclass(frozen=True)
 class StartupReport:
-    """What a starting daemon said: ready, an error, or nothing (silent)."""
+    """What a starting daemon said: ready or an error; or it exited without
+    a word, or said nothing before the timeout."""
 
-    kind: Literal["ready", "error", "silent"]
+    kind: Literal["ready", "error", "exited", "timeout"]
     #: ``ready``: where it serves; ``error``: why it could not start.
     detail: str = ""
     pid: int | None = None
@@ -121,7 +122,9 @@ def launch(
         os.close(write_end)
         os.close(output)
     with os.fdopen(read_end, "rb") as pipe:
-        line = _read_line(pipe.fileno(), timeout)
+        line, ended = _read_line(pipe.fileno(), timeout)
+    if not line:
+        return StartupReport("exited" if ended else "timeout"), log_offset
     return _parse_report(line), log_offset
 
 
@@ -154,10 +157,11 @@ def _spawn(
         os._exit(127)
 
 
-def _read_line(fd: int, timeout: float) -> str:
-    """The first line the daemon sends, or "" on end of file or timeout."""
+def _read_line(fd: int, timeout: float) -> tuple[str, bool]:
+    """The first line the daemon sends (or ""), and whether the pipe ended."""
     deadline = time.monotonic() + timeout
     data = b""
+    ended = False
     while b"\n" not in data:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -167,9 +171,10 @@ def _read_line(fd: int, timeout: float) -> str:
             break
         chunk = os.read(fd, 4096)
         if not chunk:
+            ended = True
             break
         data += chunk
-    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace"), ended
 
 
 def _parse_report(line: str) -> StartupReport:
@@ -182,9 +187,7 @@ def _parse_report(line: str) -> StartupReport:
         if status.isdigit():
             return StartupReport("error", message, status=int(status))
         return StartupReport("error", rest)
-    if line:
-        return StartupReport("error", line)
-    return StartupReport("silent")
+    return StartupReport("error", line)
 
 
 def print_log_since(log_file: str, offset: int, limit: int = LOG_TAIL_LINES) -> None:

@@ -157,10 +157,11 @@ def start(config_path: str, settings: dict[str, Any]) -> int:
             return EXIT_OK
         if report.kind != "error" or report.status != EXIT_TRY_AGAIN:
             break
-    state, pid = probe(pid_file)
-    if report.kind == "silent" and state == "running" and pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    if report.kind == "timeout":
+        state, pid = probe(pid_file)
+        if state == "running" and pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         print(f"instance did not listen within {START_TIMEOUT:g}s", file=sys.stderr)
         return EXIT_FAILURE
     problem = report.detail or "it exited before it listened"
