@@ -4,11 +4,7 @@ in both wire encodings."""
 
 from __future__ import annotations
 
-import gc
-import io
 import os
-import unittest
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +13,8 @@ from ZEO.ClientStorage import ClientStorage
 from ZODB.FileStorage import FileStorage
 from ZODB.tests import testblob
 
+from support.suites import run_suite, select
+from support.users import run_as_nobody
 from zodbserver.server.thread import ServerThread
 
 
@@ -46,14 +44,9 @@ def _storage_factory(msgpack: bool, shared: bool) -> Callable[[str, str], Any]:
     return ServerManagingClientStorage
 
 
-def _without(suite: unittest.TestSuite, name: str) -> list[unittest.TestCase]:
-    tests: list[unittest.TestCase] = []
-    for test in suite:
-        if isinstance(test, unittest.TestSuite):
-            tests.extend(_without(test, name))
-        elif not str(test).endswith(name):
-            tests.append(test)
-    return tests
+#: Checks that a committed blob file cannot be opened for writing, which
+#: root can do whatever the mode bits say: run as ``nobody`` under root.
+AS_A_USER = "blob_transaction.txt"
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["streamed", "shared"])
@@ -65,14 +58,22 @@ def test_zodb_blob_suite_with_zeo_client(
     suite = testblob.storage_reusable_suite(
         f"ZEOClient{msgpack}{shared}", _storage_factory(msgpack, shared)
     )
+    failure = run_suite(select(suite, AS_A_USER, keep=False))
+    assert failure is None, failure
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["streamed", "shared"])
+@pytest.mark.parametrize("msgpack", [True, False], ids=["M5", "Z5"])
+def test_blob_transaction_doctest_with_zeo_client(
+    msgpack: bool, shared: bool, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    suite = testblob.storage_reusable_suite(
+        f"ZEOClient{msgpack}{shared}", _storage_factory(msgpack, shared)
+    )
+    only = select(suite, AS_A_USER, keep=True)
     if os.geteuid() == 0:
-        # blob_transaction.txt checks that a committed blob file cannot be
-        # opened for writing, which root can do whatever the mode bits say.
-        suite = unittest.TestSuite(_without(suite, "blob_transaction.txt"))
-    report = io.StringIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        result = unittest.TextTestRunner(stream=report, verbosity=1).run(suite)
-        gc.collect()
-    assert result.testsRun > 0
-    assert result.wasSuccessful(), report.getvalue()
+        run_as_nobody(lambda: run_suite(only))
+    else:
+        failure = run_suite(only)
+        assert failure is None, failure

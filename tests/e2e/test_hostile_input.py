@@ -739,10 +739,9 @@ def test_deeply_nested_pickle(
         if where == "async-args":
             client.call_async("tpc_begin", 1, b"", b"", {})
         client.send_frame(_deep_pickle_message(where))
-        if where == "async-args":  # an async call's error comes at the vote
-            event = client.call("vote", 1)
-        else:
-            event = client.next_event()
+        # An async call's error comes at the vote.
+        asynchronous = where == "async-args"
+        event = client.call("vote", 1) if asynchronous else client.next_event()
         # Either refused with an argument error naming the call, or dropped.
         if event is not None:
             assert isinstance(event, ErrorReply), event
