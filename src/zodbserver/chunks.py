@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import BinaryIO
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
 
 #: ZEO's chunk size for blob transfers in both directions.
 BLOB_CHUNK_SIZE = 59000
@@ -26,6 +27,8 @@ CHUNKS_PER_READ = 32
 
 #: What a chunk is: bytes read by a thread, a filled buffer read at once.
 Chunk = bytes | bytearray
+#: Runs a blocking call in a worker thread: ``asyncio.to_thread``'s shape.
+InThread = Callable[..., Awaitable[Any]]
 
 #: The read flag that makes a read fail instead of waiting (0: none here).
 _NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
@@ -69,12 +72,14 @@ def read_cached_chunks(stream: BinaryIO) -> list[Chunk] | None:
     return chunks
 
 
-async def next_chunks(stream: BinaryIO) -> list[Chunk]:
+async def next_chunks(
+    stream: BinaryIO, in_thread: InThread = asyncio.to_thread
+) -> list[Chunk]:
     """``read_chunks(stream)``: at once from the page cache when it holds
-    them, else in a worker thread."""
+    them, else in a worker thread (``in_thread``: the caller's pool)."""
     chunks = read_cached_chunks(stream)
     if chunks is None:
-        chunks = await asyncio.to_thread(read_chunks, stream)
+        chunks = await in_thread(read_chunks, stream)
     return chunks
 
 

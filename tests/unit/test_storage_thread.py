@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from zodbserver.server.storage_server import StorageThread
+from zodbserver.server.storage_thread import StorageThread
 
 
 def test_calls_run_in_one_other_thread_in_order() -> None:

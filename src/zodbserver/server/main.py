@@ -13,11 +13,6 @@ storages in a thread (FileStorage saves its index).
 from __future__ import annotations
 
 import asyncio
-
-# asyncio.to_thread's executor (pack, blob reads, closing the storages at
-# shutdown): imported with the server, not on first use, which may come
-# after ``--user`` switched to a user who cannot read the interpreter.
-import concurrent.futures.thread  # noqa: F401
 import contextlib
 import logging
 import os
@@ -27,7 +22,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .memory import TrimTimer, tune_malloc
-from .session import background_tasks as session_tasks
 from .settings import Address, ServerSettings
 from .storage_server import StorageServer
 from .transport import ServerProtocol
@@ -81,7 +75,8 @@ async def serve(
                 with contextlib.suppress(OSError):
                     os.unlink(address)
         await _drain(server, connections)
-        await asyncio.to_thread(server.close_storages)
+        await server.tasks.run_in_thread(server.close_storages)
+        await server.tasks.close()
         logger.info("shut down")
 
 
@@ -99,7 +94,7 @@ async def _drain(server: StorageServer, connections: set[ServerProtocol]) -> Non
 
 async def _wait_for_storage_calls(server: StorageServer) -> None:
     running = [f for hosted in server.hosted.values() for f in hosted.running]
-    running.extend(session_tasks)
+    running.extend(server.tasks.running())
     if running:
         await asyncio.wait(running, timeout=SHUTDOWN_GRACE)
 

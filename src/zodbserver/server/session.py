@@ -19,7 +19,6 @@ connection.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -160,7 +159,9 @@ class Session:
             return known
         age = hosted.settings.invalidation_age
         if age and time.time() - TimeStamp(tid).timeTime() < age:
-            return await asyncio.to_thread(_scan_invalidations, self.storage, tid)
+            return await self.server.tasks.run_in_thread(
+                _scan_invalidations, self.storage, tid
+            )
         return None
 
     # -- reads ------------------------------------------------------------
@@ -195,29 +196,29 @@ class Session:
     # -- administration ---------------------------------------------------
 
     async def pack(self, t: float, wait: bool = True) -> None:
-        task = asyncio.ensure_future(self._pack(t))
         if wait:
-            await task
+            await self._pack(t)
         else:
-            background_tasks.add(task)
-            task.add_done_callback(background_tasks.discard)
+            self.server.tasks.spawn(self._pack(t))
 
     async def _pack(self, t: float) -> None:
         hosted = self._hosted
         logger.info("%s: pack(t=%r) started", self.peer.label, t)
-        await asyncio.to_thread(_pack, self.storage, t)
+        await self.server.tasks.run_in_thread(_pack, self.storage, t)
         logger.info("%s: pack(t=%r) complete", self.peer.label, t)
         hosted.broadcast_info()
 
     async def undoLog(self, first: int, last: int) -> Any:  # noqa: N802
         if not self._hosted.info()["supportsUndo"]:
             return ()
-        return await asyncio.to_thread(self.storage.undoLog, first, last)
+        return await self.server.tasks.run_in_thread(self.storage.undoLog, first, last)
 
     async def undoInfo(self, first: int, last: int, spec: Any) -> Any:  # noqa: N802
         if not self._hosted.info()["supportsUndo"]:
             return ()
-        return await asyncio.to_thread(self.storage.undoInfo, first, last, spec)
+        return await self.server.tasks.run_in_thread(
+            self.storage.undoInfo, first, last, spec
+        )
 
     # -- iteration ----------------------------------------------------------
 
@@ -228,7 +229,7 @@ class Session:
 
     async def iterator_next(self, iid: int) -> Any:
         iterator = self._iterator(iid)
-        info = await asyncio.to_thread(next, iterator, None)
+        info = await self.server.tasks.run_in_thread(next, iterator, None)
         if info is None:
             self._forget_iterator(iid)
             return None
@@ -248,7 +249,7 @@ class Session:
 
     async def iterator_record_next(self, iid: int) -> Any:
         iterator = self._iterator(iid)
-        record = await asyncio.to_thread(next, iterator, None)
+        record = await self.server.tasks.run_in_thread(next, iterator, None)
         if record is None:
             self._forget_iterator(iid)
             return None
@@ -600,14 +601,9 @@ class Session:
         if self._storage_busy:
             return  # vote/finish running in the storage thread cleans up
         if txn.locked:
-            task = asyncio.ensure_future(self._abort_in_storage())
-            background_tasks.add(task)
-            task.add_done_callback(background_tasks.discard)
+            self.server.tasks.spawn(self._abort_in_storage())
         else:
             self._end_transaction(aborted=True)
-
-
-background_tasks: set[asyncio.Future[Any]] = set()
 
 
 def _scan_invalidations(storage: Any, tid: bytes) -> tuple[bytes, list[bytes]] | None:

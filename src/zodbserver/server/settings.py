@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..protocol import DEFAULT_MAX_FRAME_SIZE
+from .tasks import DEFAULT_WORKER_THREADS
 
 DEFAULT_PORT = 8100
 DEFAULT_HOST = "127.0.0.1"
@@ -33,3 +34,5 @@ class ServerSettings:
     msgpack: bool = True
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     pid_filename: str | None = None
+    #: Threads for pack, undo logs, iteration and blob reads (``tasks``).
+    worker_threads: int = DEFAULT_WORKER_THREADS

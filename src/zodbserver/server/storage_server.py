@@ -14,12 +14,9 @@ says otherwise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
-import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import zope.interface
 from ZODB.POSException import ConflictError
@@ -31,13 +28,22 @@ from .invalidations import InvalidationQueue
 from .recovery import forget_unfinished_transaction
 from .settings import ServerSettings
 from .status import StorageStats
-
-if TYPE_CHECKING:
-    from .session import Session
+from .storage_thread import StorageThread
+from .tasks import ServerTasks
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class Subscriber(Protocol):
+    """What a hosted storage needs of a session registered with it."""
+
+    def invalidate(self, tid: bytes, oids: list[bytes]) -> None: ...
+
+    def send_async(self, method: str, args: tuple[Any, ...]) -> None: ...
+
+    def close_connection(self, reason: str) -> None: ...
 
 
 def _refuse_conflict_resolution(
@@ -53,75 +59,6 @@ def _refuse_conflict_resolution(
     )
 
 
-class StorageThread:
-    """One thread that runs a storage's transaction calls, one at a time.
-
-    Cheaper than an executor for the two calls every commit makes (vote,
-    finish): a call is one queue put, and its result one
-    ``call_soon_threadsafe`` back to the loop that sets an asyncio future --
-    no concurrent future, no chained callbacks.  The thread starts with the
-    first call, so a server that never commits never pays for it.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def submit(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        function: Callable[..., T],
-        args: tuple[Any, ...],
-    ) -> asyncio.Future[T]:
-        """Queue ``function(*args)``; its outcome completes the future."""
-        if self._thread is None:
-            # A daemon: an interpreter exiting without ``shutdown`` (an
-            # embedding that never stopped its server) must not hang on it.
-            self._thread = threading.Thread(
-                target=self._run, name=self.name, daemon=True
-            )
-            self._thread.start()
-        future: asyncio.Future[T] = loop.create_future()
-        self._calls.put((loop, future, function, args))
-        return future
-
-    def shutdown(self) -> None:
-        """Run what is queued, then end the thread (blocking)."""
-        if self._thread is not None:
-            self._calls.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def _run(self) -> None:
-        calls = self._calls
-        while (call := calls.get()) is not None:
-            loop, future, function, args = call
-            complete: Callable[[asyncio.Future[Any], Any], None]
-            try:
-                outcome = function(*args)
-            except BaseException as exc:  # handed to whoever awaits the future
-                if isinstance(exc, StopIteration):  # futures refuse it
-                    exc = RuntimeError(f"{function!r} raised StopIteration")
-                complete, outcome = _set_exception, exc
-            else:
-                complete = _set_result
-            # A closed loop raises RuntimeError: nobody waits any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(complete, future, outcome)
-            del call, future, outcome, args
-
-
-def _set_result(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
 class HostedStorage:
     """One storage, as all of its clients share it."""
 
@@ -133,14 +70,13 @@ class HostedStorage:
         forget_unfinished_transaction(name, storage)
         self.commit_lock = CommitLock(settings.transaction_timeout)
         self.stats = StorageStats()
-        self.sessions: set[Session] = set()
+        self.sessions: set[Subscriber] = set()
         self.invalidations = InvalidationQueue.from_storage(
             settings.invalidation_queue_size,
             storage,
             storage.lastTransaction() or z64,
         )
         self._worker = StorageThread(f"storage {name}")
-        self._loop: asyncio.AbstractEventLoop | None = None
         #: Storage calls running in the worker thread (shutdown waits for them).
         self.running: set[asyncio.Future[Any]] = set()
         if settings.client_conflict_resolution:
@@ -148,7 +84,6 @@ class HostedStorage:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start serving on ``loop``: tell the storage about us."""
-        self._loop = loop
         register = getattr(self.storage, "registerDB", None)
         if register is not None:
             register(_StorageEvents(self, loop))
@@ -200,7 +135,7 @@ class HostedStorage:
         )
 
     def publish_commit(
-        self, committer: Session | None, tid: bytes, oids: Iterable[bytes]
+        self, committer: Subscriber | None, tid: bytes, oids: Iterable[bytes]
     ) -> None:
         """Record a commit and tell every other session about it.
 
@@ -269,6 +204,8 @@ class StorageServer:
         if not storages:
             raise ValueError("a server needs at least one storage")
         self.settings = settings
+        #: Owns every background task and worker thread of this server.
+        self.tasks = ServerTasks(settings.worker_threads)
         self.hosted = {
             name: HostedStorage(name, storage, settings)
             for name, storage in storages.items()
@@ -280,9 +217,6 @@ class StorageServer:
 
     def ruok(self) -> dict[str, Any]:
         return {name: hosted.status() for name, hosted in self.hosted.items()}
-
-    def sessions(self) -> list[Session]:
-        return [s for hosted in self.hosted.values() for s in hosted.sessions]
 
     def close_storages(self) -> None:
         """Close every storage (blocking: call it from a thread)."""

@@ -60,7 +60,6 @@ class ServerProtocol(asyncio.Protocol):
         #: Writes not yet handed to the transport (None: none pending).
         self._batch: list[bytes | bytearray] | None = None
         self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         #: Done once ``connection_lost`` has run.
         self.lost: asyncio.Future[None] = self._loop.create_future()
@@ -140,7 +139,7 @@ class ServerProtocol(asyncio.Protocol):
         self.send_async("receiveBlobStart", (oid, serial))
         # loadBlob has just looked the file up: its inode is in memory.
         with open(path, "rb") as stream:  # noqa: ASYNC230
-            chunks = await next_chunks(stream)
+            chunks = await next_chunks(stream, self.server.tasks.run_in_thread)
             while chunks and not self.closed:
                 for chunk in chunks:
                     self._send_async_data("receiveBlobChunk", (oid, serial), chunk)
@@ -148,7 +147,7 @@ class ServerProtocol(asyncio.Protocol):
                     break
                 self._flush()
                 await self._writable.wait()
-                chunks = await next_chunks(stream)
+                chunks = await next_chunks(stream, self.server.tasks.run_in_thread)
         self.send_async("receiveBlobStop", (oid, serial))
 
     def close(self) -> None:
@@ -209,9 +208,9 @@ class ServerProtocol(asyncio.Protocol):
             self._reply_error(msgid, method, exc)
             return
         if spec.deferred:
-            task = asyncio.ensure_future(self._reply_later(msgid, method, result))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.server.tasks.spawn(
+                self._reply_later(msgid, method, result), reply=True
+            )
         else:
             self._write(self.connection.reply(msgid, result))
 
