@@ -74,9 +74,9 @@ _FORMS = "expected PORT, HOST:PORT or a socket path containing '/'"
 def parse_address(value: str, *, listening: bool = True) -> Address:
     """``PORT``, ``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or a socket path.
 
-    A bare port is on 127.0.0.1 only (DESIGN.md).  ``:PORT`` (an empty host)
+    A bare port is on 127.0.0.1 only.  ``:PORT`` (an empty host)
     is every interface when ``listening``, 127.0.0.1 when connecting; port 0
-    (any free port) is only for listening.
+    (any free port) is only for listening; see docs/operations.md, zeo.conf.
     """
     text = value.strip()
     if not text:

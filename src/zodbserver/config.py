@@ -38,7 +38,7 @@ bare port means 127.0.0.1 rather than every interface, and time keys take
 ``ZEO_MSGPACK`` (non-empty means msgpack) and otherwise uses pickle.  We keep
 the variable's meaning when it is set, so ``ZEO_MSGPACK=`` (empty) selects
 pickle, but with the variable absent we announce msgpack, our default
-encoding (DESIGN.md decision 1).
+encoding (docs/protocol.md, Handshake).
 
 Errors come out as :class:`~zodbserver.errors.ConfigurationError` whose
 message names the file, the line and the key, and a FileStorage locked by

@@ -1,4 +1,4 @@
-"""Blobs streamed over the connection, end to end (PROTOCOL.md section 7).
+"""Blobs streamed over the connection, end to end (docs/architecture.md, Blob transfer).
 
 * Sizes around the 59000-byte chunk: written by one client, read back by
   another with a fresh blob cache, byte for byte, with our client and ZEO

@@ -160,8 +160,8 @@ def test_serves_a_data_fs_written_by_plain_zodb(data_fs: str) -> None:
 
 @pytest.mark.parametrize("msgpack", [True, False], ids=["M5", "Z5"])
 def test_ping_is_a_sync_barrier_for_invalidations(data_fs: str, msgpack: bool) -> None:
-    """PROTOCOL.md 5.8(d): once a ping is answered, every invalidation for a
-    commit that finished before it has been delivered."""
+    """docs/protocol.md, Ordering guarantees: once a ping is answered, every
+    invalidation for a commit that finished before it has been delivered."""
     with ServerThread({"1": FileStorage(data_fs)}, msgpack=msgpack) as address:
         writer = ZODB.DB(ZEO.client(address, wait_timeout=10))
         reader = ZEO.client(address, wait_timeout=10)

@@ -419,7 +419,7 @@ def test_msgpack_encodes_sets_as_tuples() -> None:
 def test_whatever_we_encode_we_can_decode(encoding: bytes, value: Any) -> None:
     """``encode`` must not emit bytes that our own (and ZEO's) decoder refuses.
 
-    PROTOCOL.md §1: a server may send only None, bool, int, float, bytes,
+    docs/protocol.md, The two encodings: a server sends None, bool, int, float, bytes,
     str, tuple, list and dict.  Pickling a set or bytearray at protocol 3
     names the global ``builtins.set``/``bytearray``, which both our decoder
     and ZEO's client unpickler refuse.

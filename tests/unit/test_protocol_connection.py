@@ -656,7 +656,7 @@ def test_couldnt_pickle_response_is_decodable_by_zeo_client(
 def test_reply_holding_a_set_is_decodable_by_zeo_client(
     protocol: bytes, value: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """PROTOCOL.md §1: a server may send only plain data, no set."""
+    """docs/protocol.md, The two encodings: a server sends plain data only, no set."""
     server = _open_server(protocol)
     with caplog.at_level(logging.CRITICAL + 1):
         data = server.reply(1, value)

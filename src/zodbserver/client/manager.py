@@ -13,7 +13,7 @@ server is accepted, but the maintainers keep dialing and a writable server
 that registers later replaces it.
 
 Before the new link is *operational* the cache is verified against the tid
-that ``register`` returned (PROTOCOL.md section 6): nothing to do for an
+that ``register`` returned (docs/protocol.md, Cache verification): nothing to do for an
 empty or up-to-date cache; ``getInvalidations`` for an older one, clearing
 everything when the server cannot tell; refusal when the cache is newer than
 the server.  Invalidations that arrive meanwhile are queued on the link and

@@ -3,7 +3,7 @@
 ZODB's ``DB`` calls this object from any number of application threads.
 Reads answer from the client cache when they can and otherwise cross to the
 connection thread (``connection.ClientThread``) and wait.  A commit follows
-PROTOCOL.md section 5: ``tpc_begin`` and the stores are async calls, ``vote``
+docs/architecture.md, The commit path: ``tpc_begin`` and the stores are async, ``vote``
 returns the oids the server (or we, resolving conflicts it handed back)
 changed, and ``tpc_finish`` updates the cache and calls ZODB's callback on
 the connection thread before ``lastTransaction`` moves.

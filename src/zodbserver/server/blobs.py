@@ -1,6 +1,6 @@
 """Blob uploads and shared-directory blob names, on the server side.
 
-Two ways a committed blob reaches the storage (PROTOCOL.md section 7):
+Two ways a committed blob reaches the storage (docs/architecture.md, Blob transfer):
 
 * **Streamed** (the default): ``storeBlobStart``, any number of
   ``storeBlobChunk(bytes)``, then ``storeBlobEnd(oid, serial, data, token)``.
