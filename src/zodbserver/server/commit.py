@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 from ZODB.Connection import TransactionMetaData
 
+from .transaction_state import TransactionState
+
 
 class LockHolder(Protocol):
     def on_transaction_timeout(self) -> None: ...
@@ -108,12 +110,7 @@ class PendingTransaction:
     #: (oid, serial, data, path): replayed after ``operations``, so that a
     #: blob store wins over the plain store ZEO clients send before it.
     blobs: list[tuple[bytes, bytes | None, bytes, str]] = field(default_factory=list)
-    stores: int = 0
-    voted: bool = False
-    locked: bool = False
-    abort_requested: bool = False
+    state: TransactionState = field(default_factory=TransactionState)
 
     def add(self, operation: str, *args: Any) -> None:
         self.operations.append((operation, *args))
-        if operation != CHECK_READ:
-            self.stores += 1

@@ -40,6 +40,7 @@ from . import commit
 from .blobs import BlobUpload, blob_storage, remove_quietly, shared_blob_path
 from .commit import PendingTransaction
 from .storage_server import HostedStorage, StorageServer
+from .transaction_state import Event, State
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class Session:
         self.transaction: PendingTransaction | None = None
         self._vote_result: VoteResult | None = None
         self._async_error: Exception | None = None
-        self._storage_busy = False
         self._upload: BlobUpload | None = None
         self._iterators: dict[int, Iterator[Any]] = {}
         self._last_transaction_info: dict[int, Any] = {}
@@ -301,7 +301,7 @@ class Session:
             raise StorageTransactionError(None, token)
         if txn.token != token:
             raise StorageTransactionError(txn.token, token)
-        if txn.voted:
+        if txn.state.state is not State.BUFFERING:
             raise StorageTransactionError("the transaction is already voting")
         return txn
 
@@ -388,23 +388,21 @@ class Session:
             raise error
         txn = self._pending(token)
         hosted = self._hosted
-        txn.voted = True
+        state = txn.state
+        state.process(Event.VOTE)
         await hosted.commit_lock.acquire(self)
         if self.transaction is not txn:
             hosted.commit_lock.release(self)
             raise StorageTransactionError("the transaction ended during the vote")
-        txn.locked = True
-        self._storage_busy = True
+        state.process(Event.LOCK_GRANTED)
         try:
             result = await hosted.in_worker(self._replay_and_vote, txn)
         except Exception as exc:
-            self._storage_busy = False
             if isinstance(exc, ConflictError):
                 hosted.stats.conflicts += 1
             self._end_transaction(aborted=True)
             raise
-        self._storage_busy = False
-        if self.closed or txn.abort_requested:
+        if self.closed or state.state is State.ABORT_REQUESTED:
             if not result.conflicts:
                 await self._abort_in_storage()
             else:
@@ -414,9 +412,10 @@ class Session:
             # Client-side resolution: the storage aborted, the client sends
             # resolved data and votes again.
             hosted.commit_lock.release(self)
-            txn.locked = txn.voted = False
+            state.process(Event.CONFLICTS)
             hosted.stats.conflicts += len(result.conflicts)
             return result.conflicts
+        state.process(Event.VOTED)
         hosted.stats.conflicts_resolved += len(result.resolved)
         self._vote_result = result
         return result.resolved
@@ -485,10 +484,10 @@ class Session:
             logger.warning("%s: tpc_finish for an unknown transaction", self.peer.label)
             return None
         vote_result = self._vote_result
-        if not txn.locked or vote_result is None:
+        if txn.state.state is not State.VOTED or vote_result is None:
             raise StorageTransactionError("tpc_finish called before a successful vote")
         hosted = self._hosted
-        self._storage_busy = True
+        txn.state.process(Event.FINISH)
         finishing = hosted.submit(self._finish_in_storage, txn)
         # The storage thread runs its calls in order, so the next voter may
         # have the lock now: its replay waits behind this finish in the
@@ -500,11 +499,9 @@ class Session:
         try:
             tid = await finishing
         except Exception:
-            self._storage_busy = False
             logger.exception("%s: tpc_finish failed", self.peer.label)
             self._end_transaction(aborted=True)
             raise
-        self._storage_busy = False
         hosted.stats.commits += 1
         hosted.publish_commit(self, tid, vote_result.invalidated)
         self.send_async("info", (hosted.size_info(),))
@@ -534,19 +531,21 @@ class Session:
         self._async_error = None
         if txn is None or txn.token != token:
             return
-        if self._storage_busy:
+        state = txn.state.state
+        if state in (State.VOTING, State.ABORT_REQUESTED):
             # The vote is still running; it ends the transaction when done.
-            txn.abort_requested = True
-            return
-        if txn.locked:
+            txn.state.process(Event.ABORT_REQUESTED)
+        elif state is State.VOTED:
             await self._abort_in_storage()
-        else:
+        elif state in (State.BUFFERING, State.AWAITING_LOCK):
             self._end_transaction(aborted=True)
+        # FINISHING, ABORTING: the storage thread's work ends it.
 
     async def _abort_in_storage(self) -> None:
         txn = self.transaction
         if txn is None:
             return
+        txn.state.process(Event.ABORT)
         try:
             await self._hosted.in_worker(self.storage.tpc_abort, txn.metadata)
         finally:
@@ -596,11 +595,11 @@ class Session:
         logger.warning(
             "%s: disconnected during a %s transaction",
             self.peer.label,
-            "locked" if txn.locked else "pending",
+            txn.state.state.value,
         )
-        if self._storage_busy:
+        if txn.state.in_storage:
             return  # vote/finish running in the storage thread cleans up
-        if txn.locked:
+        if txn.state.locked:
             self.server.tasks.spawn(self._abort_in_storage())
         else:
             self._end_transaction(aborted=True)
