@@ -9,56 +9,79 @@ iterators raise ``ClientDisconnected``.
 
 from __future__ import annotations
 
+import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import ZODB.BaseStorage
 
 from .exceptions import ClientDisconnected
 
-if TYPE_CHECKING:
-    from .storage import ClientStorage
-
 
 class IteratorRegistry:
-    """The server-side iterator ids this client holds."""
+    """The server-side iterator ids this client holds.
+
+    Application threads add and forget ids; the connection thread clears
+    them all on a disconnect.  ``_lock`` guards every attribute.
+    """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._live: weakref.WeakValueDictionary[int, Any] = (
             weakref.WeakValueDictionary()
         )
         self._ids: set[int] = set()
-        self.generation = 0
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
 
     def add(self, iid: int, iterator: Any) -> None:
-        self._live[iid] = iterator
-        self._ids.add(iid)
+        with self._lock:
+            self._live[iid] = iterator
+            self._ids.add(iid)
 
     def forget(self, iid: int) -> None:
-        self._live.pop(iid, None)
-        self._ids.discard(iid)
+        with self._lock:
+            self._live.pop(iid, None)
+            self._ids.discard(iid)
 
     def collectable(self) -> list[int]:
         """Ids whose iterators the application no longer references."""
-        dead = self._ids - set(self._live.keys())
-        self._ids -= dead
+        with self._lock:
+            dead = self._ids - set(self._live.keys())
+            self._ids -= dead
         return sorted(dead)
 
     def release_all(self) -> list[int]:
         """Every id, forgotten: the storage is closing."""
-        ids = sorted(self._ids)
-        self._live.clear()
-        self._ids.clear()
+        with self._lock:
+            ids = sorted(self._ids)
+            self._live.clear()
+            self._ids.clear()
         return ids
 
     def disconnected(self) -> None:
-        self._live.clear()
-        self._ids.clear()
-        self.generation += 1
+        with self._lock:
+            self._live.clear()
+            self._ids.clear()
+            self._generation += 1
+
+
+class IteratorHost(Protocol):
+    """What the iterators need of the storage that made them."""
+
+    _iterators: IteratorRegistry
+
+    def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any: ...
+
+    def _release_iterators(self, iids: list[int]) -> None: ...
 
 
 class TransactionIterator:
-    def __init__(self, storage: ClientStorage, iid: int, generation: int) -> None:
+    def __init__(self, storage: IteratorHost, iid: int, generation: int) -> None:
         self._storage = storage
         self._iid = iid
         self._generation = generation
@@ -116,7 +139,7 @@ class TransactionRecord(ZODB.BaseStorage.TransactionRecord):
 
 
 class RecordIterator:
-    def __init__(self, storage: ClientStorage, riid: int) -> None:
+    def __init__(self, storage: IteratorHost, riid: int) -> None:
         self._storage = storage
         self._riid = riid
         self._generation = storage._iterators.generation
