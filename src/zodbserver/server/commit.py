@@ -114,3 +114,12 @@ class PendingTransaction:
 
     def add(self, operation: str, *args: Any) -> None:
         self.operations.append((operation, *args))
+
+
+@dataclass
+class VoteResult:
+    """What a replay-and-vote in the storage thread produced."""
+
+    resolved: list[bytes]
+    invalidated: list[bytes]
+    conflicts: list[dict[str, Any]]
