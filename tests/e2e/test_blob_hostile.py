@@ -308,14 +308,20 @@ def test_disconnect_after_the_vote_leaves_no_blob(server: BlobServer) -> None:
 
 
 def test_chunk_of_the_wrong_type_mid_upload(server: BlobServer) -> None:
-    """Junk in an upload drops the client, and its upload file with it."""
+    """Junk in an upload fails the transaction at its vote and removes the
+    upload file; the connection keeps serving its client."""
     tids = server.tids()
     with server.registered() as client:
         _start_upload(client, chunks=2)
         assert len(server.uploads()) == 1
         client.call_async("storeBlobChunk", 12345)
-        assert client.closed_by_server()
-    wait_until(lambda: server.uploads() == [], "the upload file is removed")
+        assert client.result("ping") is None  # still connected
+        event = client.call("vote", 1)
+        assert isinstance(event, ErrorReply), event
+        assert event.class_name == "builtins.TypeError", event
+        assert "storeBlobChunk" in repr(event.payload), event
+        assert server.uploads() == []
+        assert client.result("tpc_abort", 1) is None
     assert server.tids() == tids
     server.assert_intact()
 
