@@ -21,15 +21,14 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..addresses import Address
+from ..exit_codes import EXIT_OK, EXIT_RESTART
 from .memory import TrimTimer, tune_malloc
-from .settings import Address, ServerSettings
+from .settings import ServerSettings
 from .storage_server import StorageServer
 from .transport import ServerProtocol
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_RESTART = 1
 
 #: How long shutdown waits for transactions in vote/finish to complete.
 SHUTDOWN_GRACE = 30.0

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..addresses import DEFAULT_HOST, DEFAULT_PORT, Address
 from ..protocol import DEFAULT_MAX_FRAME_SIZE
 from .tasks import DEFAULT_WORKER_THREADS
-
-DEFAULT_PORT = 8100
-DEFAULT_HOST = "127.0.0.1"
-
-#: A TCP ``(host, port)`` pair or the path of a Unix socket.
-Address = tuple[str, int] | str
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..addresses import DEFAULT_HOST, Address
 from .main import serve
-from .settings import Address, ServerSettings
+from .settings import ServerSettings
 
 
 class ServerThread:
@@ -27,7 +28,7 @@ class ServerThread:
         **options: Any,
     ) -> None:
         if settings is None:
-            options.setdefault("address", ("127.0.0.1", 0))
+            options.setdefault("address", (DEFAULT_HOST, 0))
             settings = ServerSettings(**options)
         elif options:
             raise TypeError("give settings or keyword options, not both")
