@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from ZEO.ClientStorage import ClientStorage
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError, ReadOnlyError
 
+from support.waiting import wait_until
 from zodbserver.protocol import (
     ClientConnection,
     ErrorReply,
@@ -59,14 +59,6 @@ class Counter(Persistent):
     ) -> dict[str, Any]:
         old_value = old.get("value", 0)
         return {"value": committed["value"] + new["value"] - old_value}
-
-
-def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` until it holds; fail after PROMPTLY seconds."""
-    deadline = time.monotonic() + PROMPTLY
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 class Client:
@@ -213,11 +205,12 @@ def test_commit_is_seen_by_the_other_clients(server: Server, msgpack: bool) -> N
         for reader in clients:
             if reader is writer:
                 continue
-            eventually(
+            wait_until(
                 lambda r=reader, n=round_: r.sees(
                     lambda root: root["item"].value == n and f"new{n}" in root
                 ),
                 f"round {round_} to reach another client",
+                timeout=PROMPTLY,
             )
             assert reader.root[f"new{round_}"].value == round_
             assert reader.storage.lastTransaction() == tid
@@ -258,13 +251,17 @@ def test_conflict_on_plain_persistent_object(server: Server) -> None:
     assert after["conflicts_resolved"] == before["conflicts_resolved"]
     assert after["commits"] == before["commits"] + 1
     # The first commit stands; the second client sees it after a retry.
-    eventually(
-        lambda: second.sees(lambda root: root["item"].value == 1), "the first commit"
+    wait_until(
+        lambda: second.sees(lambda root: root["item"].value == 1),
+        "the first commit",
+        timeout=PROMPTLY,
     )
     second.root["item"].value += 1
     second.commit()
-    eventually(
-        lambda: first.sees(lambda root: root["item"].value == 2), "the retried commit"
+    wait_until(
+        lambda: first.sees(lambda root: root["item"].value == 2),
+        "the retried commit",
+        timeout=PROMPTLY,
     )
 
 
@@ -288,7 +285,9 @@ def test_conflict_resolved_on_the_server(server: Server, key: str) -> None:
         return (root[key]() if key == "length" else root[key].value) == 2
 
     for client in (first, second):
-        eventually(lambda c=client: c.sees(merged), "the merged value")
+        wait_until(
+            lambda c=client: c.sees(merged), "the merged value", timeout=PROMPTLY
+        )
 
 
 @pytest.mark.parametrize("key", ["length", "counter"])
@@ -317,7 +316,9 @@ def test_client_conflict_resolution(
         return (root[key]() if key == "length" else root[key].value) == 2
 
     for client in (first, second):
-        eventually(lambda c=client: c.sees(merged), "the merged value")
+        wait_until(
+            lambda c=client: c.sees(merged), "the merged value", timeout=PROMPTLY
+        )
 
     # An object without a resolver still conflicts.
     def plain(root: Any) -> None:
@@ -346,7 +347,11 @@ def test_connection_keeps_its_snapshot_until_it_syncs(server: Server) -> None:
     new_tid = writer.storage.lastTransaction()
     assert new_tid > old_tid
     # The reader's storage got the invalidation...
-    eventually(lambda: reader.storage.lastTransaction() == new_tid, "the invalidation")
+    wait_until(
+        lambda: reader.storage.lastTransaction() == new_tid,
+        "the invalidation",
+        timeout=PROMPTLY,
+    )
     # ...but its open transaction still reads the old snapshot, both for
     # objects it had loaded and for ones it loads only now (loadBefore).
     assert reader.root["counter"].value == 0
@@ -410,7 +415,9 @@ def test_reconnecting_persistent_cache_is_brought_up_to_date(
     finally:
         cached.close()
     assert list(var.glob("cached-1.zec"))
-    eventually(lambda: writer.status()["connections"] == 1, "the disconnect")
+    wait_until(
+        lambda: writer.status()["connections"] == 1, "the disconnect", timeout=PROMPTLY
+    )
 
     writer.sync()
     writer.root["item"].value = "changed while away"
