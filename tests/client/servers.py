@@ -13,9 +13,10 @@ Add our own server here when it exists: every test parametrised over
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from support.waiting import wait_until
 
 
 class ServerStarter(Protocol):
@@ -39,10 +40,11 @@ def wait_for_commit(writer: Any, reader: Any, timeout: float = 10) -> None:
     which may answer the ping before it sends the invalidation.
     """
     committed = writer.lastTransaction()
-    deadline = time.monotonic() + timeout
-    while reader.lastTransaction() < committed:
-        assert time.monotonic() < deadline, "the invalidation never came"
-        reader.wait_until_disconnected(0.01)
+    wait_until(
+        lambda: reader.lastTransaction() >= committed,
+        "the invalidation of the writer's last commit",
+        timeout=timeout,
+    )
 
 
 def _zeo(msgpack: bool) -> ServerStarter:
