@@ -9,12 +9,14 @@ Public API:
   is the client subpackage);
 * ``ServerThread`` -- run a server inside a process (tests, embedding);
 * ``ServerSettings`` -- a server's operational settings;
-* ``ZodbServerError`` -- the root of the package's own exceptions.
+* ``ZodbServerError`` -- the root of the package's own exceptions;
+* ``__version__`` -- the installed distribution's version (pyproject.toml's).
 
 The ``zeoserver`` command runs and controls a server process.
 
 Names are imported on first use, so that a server process does not load the
-client and a client does not load the server.
+client and a client does not load the server; ``importlib.metadata`` is
+loaded when ``__version__`` is first read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from .client.convenience import DB, connection
     from .server.settings import ServerSettings
     from .server.thread import ServerThread
+
+    __version__: str
 
 _LAZY = {
     "ClientDisconnected": ".client",
@@ -51,6 +55,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        globals()[name] = value = version("zodbserver")
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'zodbserver' has no attribute {name!r}")

@@ -36,6 +36,7 @@ import dataclasses
 import os
 import pwd
 import sys
+from collections.abc import Sequence
 
 from . import daemon
 from .addresses import parse_address
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Give every command the same server options. "
         "Run 'zeoserver COMMAND --help' for a command's own options.",
     )
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = [_server_options(suppress=True)]
 
@@ -322,6 +324,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-follow", action="store_true", help="print and exit, do not follow"
     )
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: print ``zeoserver VERSION`` and exit 0.
+
+    argparse's ``action="version"`` needs the text when the parser is built;
+    this reads it only when asked, so that a server process does not load
+    ``importlib.metadata`` for it.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object):
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show the version and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from . import __version__
+
+        print(f"{PROGRAM} {__version__}")
+        parser.exit()
 
 
 def _timeout_option(

@@ -34,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from . import __version__
 from .addresses import (
     DEFAULT_HOST,
     Address,
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or -U, the server is -a ADDRESS.",
     )
     parser.add_argument("--help", action="help", help="show this help message and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{PROGRAM} {__version__}",
+        help="show the version and exit",
+    )
     parser.add_argument("servers", nargs="*", metavar="SERVER", help="a server to pack")
     parser.add_argument(
         "-d",

@@ -7,6 +7,7 @@ from the command's output; every test has its own var directory.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import re
 import select
@@ -22,6 +23,8 @@ import pytest
 import transaction
 import ZEO.ClientStorage
 import ZODB
+
+import zodbserver
 
 CLI = [sys.executable, "-m", "zodbserver.cli"]
 ANY_PORT = ["-a", "127.0.0.1:0"]
@@ -426,6 +429,15 @@ def test_every_command_has_help(workdir, command, words):
     assert result.returncode == 0
     assert words in " ".join(result.stdout.split())
     assert "--configure" in result.stdout
+
+
+def test_version(workdir):
+    result = zeoserver("--version", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    version = importlib.metadata.version("zodbserver")
+    assert version == zodbserver.__version__
+    assert result.stdout == f"zeoserver {version}\n"
+    assert not (workdir / "var").exists()
 
 
 def test_logtail_without_a_log(workdir):
