@@ -35,6 +35,7 @@ from persistent.mapping import PersistentMapping
 from ZEO.ClientStorage import ClientStorage
 from ZODB.FileStorage import FileStorage
 
+from support.waiting import read_until, wait_until
 from zodbserver.protocol import (
     AsyncCall,
     ClientConnection,
@@ -375,13 +376,12 @@ def test_truncated_frame_then_close(server: Server, no_fatal_errors: None) -> No
         assert status["connections"] == 2
         assert status["active_txns"] == 1
     # The server noticed the disconnect and dropped the pending transaction.
-    deadline = time.monotonic() + PROMPTLY
-    while True:
-        status = server.bystander.result("server_status")
-        if status["connections"] == 1 and status["active_txns"] == 0:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(0.01)
+    status = read_until(
+        lambda: server.bystander.result("server_status"),
+        lambda seen: (seen["connections"], seen["active_txns"]) == (1, 0),
+        timeout=PROMPTLY,
+    )
+    assert (status["connections"], status["active_txns"]) == (1, 0), status
     assert_unknown_oid(server.bystander, oid)
     server.assert_intact()
 
@@ -867,10 +867,11 @@ def test_zeo_client_commits_while_a_raw_client_holds_then_dies(
             worker = threading.Thread(target=commit)
             worker.start()
             # Held by the (still connected) dead client: the ZEO commit waits.
-            deadline = time.monotonic() + PROMPTLY
-            while server.bystander.result("server_status")["waiting"] != 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_until(
+                lambda: server.bystander.result("server_status")["waiting"] == 1,
+                "the ZEO commit to wait for the commit lock",
+                timeout=PROMPTLY,
+            )
             assert not committed.is_set()
         worker.join(PROMPTLY)
         assert not worker.is_alive(), "the ZEO commit did not complete"

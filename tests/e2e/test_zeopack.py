@@ -21,6 +21,7 @@ import ZODB
 from persistent.mapping import PersistentMapping
 from ZODB.POSException import POSKeyError
 
+from support.waiting import read_until
 from zodbserver import ClientStorage
 
 ZEOSERVER = [sys.executable, "-m", "zodbserver.cli"]
@@ -59,9 +60,7 @@ class Server:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + 30
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        read_until(self.alive, lambda alive: not alive, timeout=30)
 
     def alive(self) -> bool:
         """Whether the process exists and is no zombie waiting for init."""
