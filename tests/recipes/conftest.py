@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from support.waiting import read_until
 
 #: The checkout holding pyproject.toml: the develop egg of every buildout.
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -75,9 +76,7 @@ class Pids:
     def kill_all(self) -> None:
         for pid in self.alive():
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        read_until(self.alive, lambda alive: not alive, timeout=10)
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
+
+from support.waiting import read_until
 
 from .conftest import PROFILE, Pids, buildout_header, free_port, run_buildout
 
@@ -46,19 +46,6 @@ def request(method: str, url: str, body: bytes | None = None) -> tuple[int, byte
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def eventually(
-    read: Callable[[], tuple[int, bytes]], expected: tuple[int, bytes]
-) -> tuple[int, bytes]:
-    """Read until EXPECTED comes back (another client's commit reaches this
-    one through an asynchronous invalidation) or ten seconds pass."""
-    deadline = time.monotonic() + 10
-    seen = read()
-    while seen != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        seen = read()
-    return seen
 
 
 def files_holding(directory: Path, data: bytes) -> list[Path]:
@@ -119,9 +106,15 @@ def test_classic_profile_four_clients_and_blobs(tmp_path: Path, pids: Pids) -> N
         return f"http://127.0.0.1:{http_ports[client]}/{path}"
 
     def write_then_read(writer: str, reader: str, path: str, body: bytes) -> None:
-        """PUT through one client, then GET the same bytes through another."""
+        """PUT through one client, then GET the same bytes through another
+        (the commit reaches it through an asynchronous invalidation)."""
         assert request("PUT", url(writer, path), body)[0] == 201
-        seen = eventually(lambda: request("GET", url(reader, path)), (200, body))
+        seen = read_until(
+            lambda: request("GET", url(reader, path)),
+            lambda seen: seen == (200, body),
+            timeout=10,
+            interval=0.1,
+        )
         assert seen == (200, body)
 
     try:
@@ -148,8 +141,11 @@ def test_classic_profile_four_clients_and_blobs(tmp_path: Path, pids: Pids) -> N
         assert files_holding(var / "blobstorage", report)
         assert not (var / "blobcache-shared1").exists()
         assert not (var / "blobcache-shared2").exists()
-        seen = eventually(
-            lambda: request("GET", url("client3", "blobs/report")), (200, report)
+        seen = read_until(
+            lambda: request("GET", url("client3", "blobs/report")),
+            lambda seen: seen == (200, report),
+            timeout=10,
+            interval=0.1,
         )
         assert seen == (200, report)
         assert request("GET", url("shared2", "blobs/photo")) == (200, photo)

@@ -13,12 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from support.waiting import read_until
 
 from .conftest import PROFILE, Pids, buildout_header, free_port, run_buildout
 from .test_zope_instance import MANAGER, http_request, run_bin, wait_for_response
@@ -81,15 +82,23 @@ def gunicorn(directory: Path, app: str, pids: Pids) -> Iterator[int]:
             process.wait(timeout=30)
 
 
+def connects(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def listening(process: subprocess.Popen[bytes], port: int) -> bool:
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
+    """Whether gunicorn accepts connections on ``port`` within START_SECONDS
+    (False as soon as it exits)."""
+    return read_until(
+        lambda: process.poll() is None and connects(port),
+        lambda listening: listening or process.poll() is not None,
+        timeout=START_SECONDS,
+        interval=0.1,
+    )
 
 
 def test_write_through_gunicorn_is_read_through_waitress(

@@ -15,7 +15,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import zc.buildout
 import ZConfig
 from Zope2.Startup.options import ZopeWSGIOptions
 
+from support.waiting import read_until
 from zodbserver.errors import ConfigurationError
 from zodbserver.instance.zope_app import make_zope_app
 from zodbserver.recipes import instance
@@ -82,13 +82,14 @@ def wait_for_response(
     user: tuple[str, str] | None = None,
     seconds: float = 15.0,
 ) -> tuple[int, bytes]:
-    """GET ``path`` until it answers ``expected`` (an invalidation may lag)."""
-    deadline = time.monotonic() + seconds
-    seen = http_request(port, "GET", path, user=user)
-    while seen != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        seen = http_request(port, "GET", path, user=user)
-    return seen
+    """GET ``path`` until it answers ``expected`` (an invalidation may lag)
+    or ``seconds`` pass; the last answer."""
+    return read_until(
+        lambda: http_request(port, "GET", path, user=user),
+        lambda seen: seen == expected,
+        timeout=seconds,
+        interval=0.1,
+    )
 
 
 @dataclass
