@@ -81,9 +81,23 @@ def test_last_tid_never_moves_backwards_while_holding_data() -> None:
     with pytest.raises(ValueError, match="before"):
         cache.set_last_tid(p64(4))
     cache.clear()
-    assert cache.get_last_tid() == z64
-    cache.set_last_tid(p64(4))
+    assert cache.get_last_tid() == p64(5)  # clearing drops data only
+    cache.set_last_tid(p64(4))  # nothing cached: the server's word stands
     assert cache.get_last_tid() == p64(4)
+    cache.set_last_tid(z64)
+    assert cache.get_last_tid() == z64
+
+
+def test_clear_drops_the_records_and_keeps_the_last_tid() -> None:
+    cache = ClientCache()
+    cache.store(OID, p64(3), p64(5), b"old")
+    cache.store(OID, p64(5), None, b"new")
+    cache.set_last_tid(p64(6))
+    cache.clear()
+    assert len(cache) == 0
+    assert cache.load(OID) is None
+    assert cache.load_before(OID, p64(5)) is None
+    assert cache.get_last_tid() == p64(6)
 
 
 # A model: the full history of each object, as a server would know it.

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle, zodb_unpickle
+from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, z64
 
 from zodbserver.client import ClientDisconnected, ClientStorage
@@ -181,20 +182,34 @@ def test_storage_refuses_a_locked_cache_file(
         holder.close()
 
 
-def test_cache_newer_than_the_server_is_refused(
+def test_cache_newer_than_the_server_is_dropped(
     start_server: Callable[..., ServerHandle],
     tmp_path: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A server that lost what the client saw is used, with a clean cache."""
     first = start_server("first.fs")
     options = dict(client="app", var=str(tmp_path), wait_timeout=10)
     client = ClientStorage(first.addr, **options)
     oid = client.new_oid()
-    store(client, oid, z64, "x")
+    seen = store(client, oid, z64, "x")
     client.load(oid)
     client.close()
 
-    empty = start_server("empty.fs")  # a server that never saw that commit
-    with pytest.raises(ClientDisconnected), caplog.at_level(logging.CRITICAL):
-        ClientStorage(empty.addr, **{**options, "wait_timeout": 0.5})
-    assert "newer than the server" in caplog.text
+    behind = start_server("behind.fs")  # a server that never saw that commit
+    with caplog.at_level(logging.WARNING):
+        client = ClientStorage(behind.addr, **options)
+    try:
+        assert client.verify_result == "cache newer than server, clearing"
+        assert client.lastTransaction() == z64
+        assert f"the client cache (tid {seen.hex()}) is newer than the server" in (
+            caplog.text
+        )
+        with pytest.raises(POSKeyError):
+            client.load(oid)  # not answered from the dropped cache
+        other = client.new_oid()
+        committed = store(client, other, z64, "y")
+        assert client.lastTransaction() == committed
+        assert client.load(other)[1] == committed
+    finally:
+        client.close()

@@ -162,7 +162,7 @@ class ClientCache:
     def set_last_tid(self, tid: bytes) -> None:
         """Record that the cache reflects every commit up to ``tid``."""
         with self.lock:
-            if not tid or tid == z64:
+            if not tid:
                 return
             if tid < self._last_tid and self._records:
                 raise ValueError(
@@ -179,6 +179,7 @@ class ClientCache:
         """
         with self.lock:
             self.clear()
+            self._last_tid = z64
             entries = self._records
             current = self._current
             for record in records:
@@ -197,12 +198,14 @@ class ClientCache:
             self._last_tid = last_tid
 
     def clear(self) -> None:
+        """Drop every record.  The last tid stays: it is what the client has
+        seen of the database, not something the records hold (zodbshootout
+        and other tools clear ZEO's cache this way between cold reads)."""
         with self.lock:
             self._records.clear()
             self._current.clear()
             self._noncurrent.clear()
             self._bytes = 0
-            self._last_tid = z64
 
     def close(self) -> None:
         """Release resources (nothing to release for memory)."""

@@ -15,8 +15,8 @@ that registers later replaces it.
 Before the new link is *operational* the cache is verified against the tid
 that ``register`` returned (docs/protocol.md, Cache verification): nothing to do for an
 empty or up-to-date cache; ``getInvalidations`` for an older one, clearing
-everything when the server cannot tell; refusal when the cache is newer than
-the server.  Invalidations that arrive meanwhile are queued on the link and
+everything when the server cannot tell or when the cache is newer than the
+server (which then lost transactions this client saw).  Invalidations that arrive meanwhile are queued on the link and
 replayed afterwards if newer than that tid.  Then ``get_info``, the storage
 is told it is connected, and waiting calls proceed.
 
@@ -94,7 +94,6 @@ class ConnectionManager:
         read_only_fallback: bool = False,
         min_poll: float = 1.0,
         max_poll: float = 30.0,
-        register_failed_poll: float = 9.0,
         heartbeat_interval: float = 60.0,
         client_label: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
@@ -112,7 +111,6 @@ class ConnectionManager:
         self.read_only_fallback = read_only_fallback and not read_only
         self.min_poll = min_poll
         self.max_poll = max(max_poll, min_poll)
-        self.register_failed_poll = register_failed_poll
         self.heartbeat_interval = heartbeat_interval
         self.client_label = client_label
         self.ssl = ssl
@@ -132,7 +130,10 @@ class ConnectionManager:
         self._maintainers: dict[Address, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._links: set[ServerLink] = set()
-        self._retry_delay: dict[ServerLink, float] = {}
+        #: Links that became active: losing one redials at once, whereas a
+        #: failed dial, registration or verification backs off up to
+        #: ``max_poll``.
+        self._was_active: set[ServerLink] = set()
         self._heartbeat: asyncio.TimerHandle | None = None
         self._server_methods: dict[str, Callable[[ServerLink, tuple[Any, ...]], None]]
         self._server_methods = {
@@ -204,12 +205,10 @@ class ConnectionManager:
                     raise
                 finally:
                     self._links.discard(link)
-                outcome = self._retry_delay.pop(link, None)
-                if outcome == 0:  # it was the active link: redial at once
+                if link in self._was_active:  # redial at once
+                    self._was_active.discard(link)
                     delay = self.min_poll
                     continue
-                if outcome:  # registration or verification failed
-                    delay = max(delay, outcome)
             if not self._wanted():
                 break
             await asyncio.sleep(delay * (1 + random.random() / 4))
@@ -260,7 +259,6 @@ class ConnectionManager:
             except Exception as exc:
                 logger.warning("registration with %r failed: %r", link.address, exc)
                 self.last_failure = f"registration with {link.address!r} failed: {exc}"
-                self._retry_delay[link] = self.register_failed_poll
                 link.close()
                 return
             if self.active is not None:
@@ -277,7 +275,7 @@ class ConnectionManager:
             except Exception as exc:
                 if link.is_open:
                     logger.error("verification with %r failed: %r", link.address, exc)
-                    self._retry_delay[link] = self.register_failed_poll
+                    self._was_active.discard(link)  # back off
                     link.close()
 
     async def _register_call(self, link: ServerLink) -> bytes | None:
@@ -292,7 +290,7 @@ class ConnectionManager:
 
     def _activate(self, link: ServerLink) -> None:
         self.active = link
-        self._retry_delay[link] = 0
+        self._was_active.add(link)
         if not (self.read_only_fallback and link.read_only):
             for address, task in self._maintainers.items():
                 if address != link.address:
@@ -337,14 +335,19 @@ class ConnectionManager:
             logger.error("non-empty cache without a tid, clearing it")
             self._drop_cache()
         elif cache_tid > server_tid:
-            self.verify_result = "cache newer than server"
-            logger.critical(
+            # The server lost transactions the client saw (a crash between
+            # vote and finish on a server that reports the unfinished tid, a
+            # restored backup, another Data.fs).  Refusing it would stall
+            # every application thread; the cache cannot be trusted either.
+            self.verify_result = "cache newer than server, clearing"
+            logger.warning(
                 "the client cache (tid %s) is newer than the server (tid %s); "
-                "check the server, then remove the cache file",
+                "dropping the cache: the server lost transactions this client "
+                "saw, or serves an older copy of the database",
                 cache_tid.hex(),
                 server_tid.hex(),
             )
-            raise ValueError("server is behind the client cache")
+            self._drop_cache()
         elif cache_tid == server_tid:
             self.verify_result = "cache up to date"
         else:
