@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ZODB.POSException import POSKeyError
 from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle, zodb_unpickle
-from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, z64
 
-from zodbserver.client import ClientDisconnected, ClientStorage
+from zodbserver.client import ClientStorage
 from zodbserver.client.cache import CacheRecord, ClientCache
 from zodbserver.client.cache_file import (
     MAGIC,

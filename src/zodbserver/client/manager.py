@@ -16,8 +16,9 @@ Before the new link is *operational* the cache is verified against the tid
 that ``register`` returned (docs/protocol.md, Cache verification): nothing to do for an
 empty or up-to-date cache; ``getInvalidations`` for an older one, clearing
 everything when the server cannot tell or when the cache is newer than the
-server (which then lost transactions this client saw).  Invalidations that arrive meanwhile are queued on the link and
-replayed afterwards if newer than that tid.  Then ``get_info``, the storage
+server (which then lost transactions this client saw).  Invalidations
+that arrive meanwhile are queued on the link and replayed afterwards if
+newer than that tid.  Then ``get_info``, the storage
 is told it is connected, and waiting calls proceed.
 
 When the active link is lost, its pending calls fail with
