@@ -25,6 +25,7 @@ import ZEO.ClientStorage
 import ZODB
 
 import zodbserver
+from support.waiting import wait_until
 
 CLI = [sys.executable, "-m", "zodbserver.cli"]
 ANY_PORT = ["-a", "127.0.0.1:0"]
@@ -50,14 +51,6 @@ def start(*args: str | Path, cwd: Path) -> tuple[int, int]:
     match = STARTED.search(result.stdout)
     assert match, result.stdout
     return int(match.group(1)), int(match.group(2))
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -86,7 +79,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
         pid = running_pid(pid_file)
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
-            wait_until(lambda pid=pid: not alive(pid), what=f"pid {pid} to die")
+            wait_until(lambda pid=pid: not alive(pid), f"pid {pid} to die", timeout=60)
 
 
 def commit_and_read(port: int, key: str) -> dict[str, int]:
@@ -218,7 +211,7 @@ def test_daemon_restarts_itself_in_place_on_sighup(workdir):
     def listened_twice() -> bool:
         return log.read_text().count("zodbserver.cli listening on") == 2
 
-    wait_until(listened_twice, what="the restarted server to listen")
+    wait_until(listened_twice, "the restarted server to listen", timeout=60)
     port = int(LISTENING.findall(log.read_text())[-1])
     assert commit_and_read(port, "after-hup") == {"after-hup": 1}
     status = zeoserver("status", cwd=workdir)
@@ -232,8 +225,8 @@ def test_sigusr2_reopens_the_log_for_logrotate(workdir):
     rotated = log.with_name("zeoserver.log.1")
     log.rename(rotated)
     os.kill(pid, signal.SIGUSR2)
-    wait_until(log.exists, what="a new log file")
-    wait_until(lambda: "log files reopened" in log.read_text(), what="log line")
+    wait_until(log.exists, "a new log file", timeout=60)
+    wait_until(lambda: "log files reopened" in log.read_text(), "log line", timeout=60)
     assert "listening on" in rotated.read_text()
     assert zeoserver("stop", cwd=workdir).returncode == 0
     assert "server stopped" in log.read_text()
