@@ -31,6 +31,17 @@ TID = b"\x03" * 8
         ("storea", (OID, "\0" * 8, b"data", 7), (OID, b"\0" * 8, b"data", 7)),
         ("deleteObject", (OID, "\xff" * 8, 7), (OID, b"\xff" * 8, 7)),
         ("storeBlobEnd", (OID, "\0" * 8, b"d", 7), (OID, b"\0" * 8, b"d", 7)),
+        ("set_client_label", ("web1",), ("web1",)),
+        ("set_client_label", (b"web1",), ("web1",)),
+        # Unprintable characters could forge log lines; long labels are cut.
+        ("set_client_label", ("a\nb\x1b",), ("a?b?",)),
+        ("set_client_label", ("x" * 500,), ("x" * 200,)),
+        ("undoInfo", (0, -20, None), (0, -20, None)),
+        (
+            "undoInfo",
+            (0, -20, {"user_name": "/ bob"}),
+            (0, -20, {"user_name": "/ bob"}),
+        ),
     ],
 )
 def test_good_arguments_are_bound(
@@ -78,6 +89,13 @@ def test_good_arguments_are_bound(
             r"storea\(\) argument 2 must be an 8-byte serial, got str of length 7",
         ),
         ("register", ("1", "yes"), r"register\(\) argument 2 must be a boolean"),
+        ("set_client_label", (7,), r"set_client_label\(\) argument 1 must be a string"),
+        (
+            "undoInfo",
+            (0, -20, {"description": [1, 2]}),
+            r"undoInfo\(\) argument 3 must be None or a mapping of names to plain",
+        ),
+        ("undoInfo", (0, -20, "spec"), r"undoInfo\(\) argument 3 must be None or a"),
     ],
 )
 def test_bad_arguments_name_the_method_and_argument(

@@ -129,8 +129,31 @@ def _token(value: Any) -> Any:
     return value
 
 
-def _anything(value: Any) -> Any:
-    return value
+#: Longest client label kept for log lines.
+MAX_LABEL = 200
+
+
+def _client_label(value: Any) -> str:
+    """The label a client gives itself for the server's log: a string, cut
+    to ``MAX_LABEL`` characters, with anything unprintable replaced so a
+    client cannot forge log lines."""
+    text = _text(value)[:MAX_LABEL]
+    return "".join(char if char.isprintable() else "?" for char in text)
+
+
+_PLAIN = str | bytes | int | float | bool | None
+
+
+def _undo_filter(value: Any) -> dict[str, Any] | None:
+    """``undoInfo``'s specification: None, or a mapping of transaction
+    description keys to the plain values they must equal."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and all(
+        isinstance(key, str) and isinstance(item, _PLAIN) for key, item in value.items()
+    ):
+        return value
+    raise ArgumentError("None or a mapping of names to plain values")
 
 
 @dataclass(frozen=True)
@@ -244,7 +267,7 @@ METHODS: dict[str, Method] = {
     "getInvalidations": _sync(S.getInvalidations, _bytes8),
     "ping": _sync(S.ping),
     "server_status": _sync(S.server_status),
-    "set_client_label": _async(S.set_client_label, _anything),
+    "set_client_label": _async(S.set_client_label, _client_label),
     # reads
     "loadBefore": _sync(S.loadBefore, _bytes8, _bytes8),
     "loadSerial": _sync(S.loadSerial, _bytes8, _bytes8),
@@ -255,7 +278,7 @@ METHODS: dict[str, Method] = {
     # administration
     "pack": _sync(S.pack, _number, _flag, required=1),
     "undoLog": _sync(S.undoLog, _integer, _integer),
-    "undoInfo": _sync(S.undoInfo, _integer, _integer, _anything),
+    "undoInfo": _sync(S.undoInfo, _integer, _integer, _undo_filter),
     "iterator_start": _sync(S.iterator_start, _optional_bytes8, _optional_bytes8),
     "iterator_next": _sync(S.iterator_next, _integer),
     "iterator_record_start": _sync(S.iterator_record_start, _integer, _bytes8),
