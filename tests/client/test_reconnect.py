@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -117,6 +118,51 @@ def test_sync_call_waits_for_reconnect_within_wait_timeout(
     server.restart()
     client.ping()  # waits for the reconnect instead of failing
     assert client.is_connected()
+
+
+def test_tpc_begin_waits_for_the_server_to_come_back(
+    process_server: ServerHandle, clients: Clients
+) -> None:
+    """A commit during a restart is a pause, not an error (as with ZEO)."""
+    server = process_server
+    client = clients(server.addr, wait_timeout=30)
+    oid = client.new_oid()
+    server.stop()
+    assert client.wait_until_disconnected(10)
+    outcome: list[Any] = []
+
+    def commit() -> None:
+        try:
+            outcome.append(store(client, oid, z64, "after the restart"))
+        except Exception as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=commit)
+    writer.start()
+    writer.join(0.5)
+    assert outcome == []  # waiting, not failed
+    server.restart()
+    writer.join(30)
+    assert not writer.is_alive()
+    (tid,) = outcome
+    assert isinstance(tid, bytes), tid
+    assert client.load(oid) == (zodb_pickle(MinPO("after the restart")), tid)
+
+
+def test_tpc_begin_gives_up_after_wait_timeout(
+    process_server: ServerHandle, clients: Clients
+) -> None:
+    server = process_server
+    client = clients(server.addr, wait_timeout=1.0)
+    server.stop()
+    assert client.wait_until_disconnected(10)
+    started = time.monotonic()
+    with pytest.raises(ClientDisconnected, match="timed out waiting"):
+        client.tpc_begin(TransactionMetaData())
+    assert time.monotonic() - started >= 0.9  # it did wait
+    server.restart()
+    assert client.wait_until_connected(10)
+    store(client, client.new_oid(), z64, "the lock was released")
 
 
 def test_transaction_in_progress_fails_cleanly_on_disconnect(

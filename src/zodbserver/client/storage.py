@@ -512,6 +512,10 @@ class ClientStorage(ConflictResolvingStorage):
             raise POSException.StorageTransactionError(
                 "Duplicate tpc_begin calls for same transaction"
             )
+        if not self._manager.operational:
+            # A server restart looks like a pause, as with ZEO: wait for the
+            # connection, up to wait_timeout, then fail.
+            self._thread.run(self._manager.operational_link(self._wait_timeout))
         self._commit_lock.acquire()
         try:
             if not self._manager.operational:
