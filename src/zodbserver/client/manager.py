@@ -28,47 +28,44 @@ transaction), the storage is told, and all maintainers dial again.
 Invalidations are applied in arrival order: cache first, then the database,
 then the cache's last tid, so ``lastTransaction`` moves only after the
 database has seen the invalidations (ZODB >= 5.6).
+
+The cache check itself is ``verification.py``; the storage's requests are
+routed to the active link by ``RequestRouting`` (``routing.py``), a part of
+the manager.  All of it runs on the connection thread; application threads
+read the published ``state`` only (the thread rule: ``state.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, BinaryIO, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ZODB import POSException
-from ZODB.utils import z64
 
-from ..chunks import Chunk, at_end, next_chunks
 from .cache import ClientCache
-from .exceptions import ClientDisconnected
-from .link import Address, QueuedCall, ServerLink
+from .link import Address, ServerLink
 from .readahead import Readahead
+from .routing import RequestRouting
+from .state import ConnectionState
+from .verification import verify_cache
 
 logger = logging.getLogger(__name__)
-
-#: One buffered store of a transaction: (oid, data or None, server_resolved).
-Update = tuple[bytes, bytes | None, bool]
-#: What ``loadBefore`` answers: ``(data, start, end)``, or None.
-LoadResult = tuple[bytes, bytes, bytes | None] | None
 
 
 class ConnectionListener(Protocol):
     """What the manager tells the storage (called on the loop thread)."""
 
-    def notify_connected(self, link: ServerLink, info: dict[str, Any]) -> None: ...
+    def notify_connected(self) -> None: ...
 
     def notify_disconnected(self) -> None: ...
 
     def invalidate_transaction(self, tid: bytes, oids: list[bytes]) -> None: ...
 
     def invalidate_cache(self) -> None: ...
-
-    def update_info(self, info: dict[str, Any]) -> None: ...
 
 
 class BlobReceiver(Protocol):
@@ -81,8 +78,11 @@ class BlobReceiver(Protocol):
     def receive_stop(self, oid: bytes, tid: bytes) -> None: ...
 
 
-class ConnectionManager:
-    """Owns the links to the servers; runs on the connection thread only."""
+class ConnectionManager(RequestRouting):
+    """Owns the links to the servers; runs on the connection thread only.
+
+    Application threads read ``state`` and nothing else (``state.py``).
+    """
 
     def __init__(
         self,
@@ -118,12 +118,9 @@ class ConnectionManager:
         self.ssl_server_hostname = ssl_server_hostname
 
         self.active: ServerLink | None = None
-        self.operational = False
+        #: Published for application threads: replaced, never mutated.
+        self.state = ConnectionState(read_only=read_only)
         self.closed = False
-        #: Moves on every connect and disconnect; a transaction begun in one
-        #: generation cannot continue in another.
-        self.generation = 0
-        self.verify_result: str | None = None
         #: Why the last attempt to connect failed, for ClientDisconnected.
         self.last_failure: str | None = None
         self._connected = asyncio.Event()
@@ -154,7 +151,7 @@ class ConnectionManager:
         if self.closed:
             return
         self.closed = True
-        self.operational = False
+        self.state = self.state.disconnected()
         self._connected.set()  # wake waiters; they see ``closed``
         self._stop_heartbeat()
         tasks = [*self._maintainers.values(), *self._tasks]
@@ -304,7 +301,7 @@ class ConnectionManager:
         if server_tid is None:
             server_tid = await link.call("lastTransaction", ())
         assert server_tid is not None
-        await self._verify_cache(link, server_tid)
+        verify_result = await verify_cache(link, self.cache, server_tid, self.listener)
         self.cache.set_last_tid(server_tid)
         early = link.early_invalidations or []
         link.early_invalidations = None
@@ -316,56 +313,20 @@ class ConnectionManager:
             return
         if self.client_label:
             link.call_async("set_client_label", (self.client_label,))
-        self.generation += 1
-        self.operational = True
+        peer = link.peername()
+        self.state = self.state.connected(
+            read_only=link.read_only,
+            server_address=peer if isinstance(peer, str) else str(tuple(peer)[:2]),
+            protocol_version=link.protocol_version,
+            verify_result=verify_result,
+            info=dict(info),
+        )
         # Waiting calls are coroutines on this loop: they resume only after
-        # the storage has taken in the new connection's info.
-        self.listener.notify_connected(link, dict(info))
+        # the storage has taken in the new connection.
+        self.listener.notify_connected()
         self._connected.set()
         self._start_heartbeat()
-        logger.info("connected to %r (%s)", link.address, self.verify_result)
-
-    async def _verify_cache(self, link: ServerLink, server_tid: bytes) -> None:
-        cache = self.cache
-        if not len(cache):
-            self.verify_result = "empty cache"
-            return
-        cache_tid = cache.get_last_tid()
-        if cache_tid == z64:
-            self.verify_result = "non-empty cache without tid"
-            logger.error("non-empty cache without a tid, clearing it")
-            self._drop_cache()
-        elif cache_tid > server_tid:
-            # The server lost transactions the client saw (a crash between
-            # vote and finish on a server that reports the unfinished tid, a
-            # restored backup, another Data.fs).  Refusing it would stall
-            # every application thread; the cache cannot be trusted either.
-            self.verify_result = "cache newer than server, clearing"
-            logger.warning(
-                "the client cache (tid %s) is newer than the server (tid %s); "
-                "dropping the cache: the server lost transactions this client "
-                "saw, or serves an older copy of the database",
-                cache_tid.hex(),
-                server_tid.hex(),
-            )
-            self._drop_cache()
-        elif cache_tid == server_tid:
-            self.verify_result = "cache up to date"
-        else:
-            changes = await link.call("getInvalidations", (cache_tid,))
-            if changes:
-                self.verify_result = "quick verification"
-                tid, oids = changes
-                cache.invalidate_all(oids, None)
-                self.listener.invalidate_transaction(tid, list(oids))
-            else:
-                self.verify_result = "cache too old, clearing"
-                logger.warning("the client cache is too old to verify, dropping it")
-                self._drop_cache()
-
-    def _drop_cache(self) -> None:
-        self.cache.clear()
-        self.listener.invalidate_cache()
+        logger.info("connected to %r (%s)", link.address, verify_result)
 
     # -- losing links ----------------------------------------------------
 
@@ -380,12 +341,11 @@ class ConnectionManager:
                 self._maintain_all()
 
     def _deactivate(self, link: ServerLink) -> None:
-        was_operational = self.operational
+        was_operational = self.state.operational
         self.active = None
-        self.operational = False
+        self.state = self.state.disconnected()
         self._connected.clear()
         self._stop_heartbeat()
-        self.generation += 1
         if was_operational:
             self.listener.notify_disconnected()
 
@@ -432,7 +392,7 @@ class ConnectionManager:
     def _on_info(self, link: ServerLink, args: tuple[Any, ...]) -> None:
         (info,) = args
         if link is self.active:
-            self.listener.update_info(dict(info))
+            self.state = self.state.with_info(dict(info))
 
     def _blob_receiver(self) -> BlobReceiver:
         if self.blobs is None:
@@ -460,7 +420,7 @@ class ConnectionManager:
         )
 
     def _beat(self) -> None:
-        if self.active is not None and self.operational:
+        if self.active is not None and self.state.operational:
             self.active.heartbeat()
             self._start_heartbeat()
 
@@ -468,224 +428,3 @@ class ConnectionManager:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
-
-    # -- calls from the storage (via the connection thread) ---------------
-
-    async def operational_link(self, patience: float) -> ServerLink:
-        """The active link, waiting up to ``patience`` seconds for one."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + patience
-        while True:
-            if self.closed:
-                raise ClientDisconnected("the client storage is closed")
-            if self.operational and self.active is not None:
-                return self.active
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                reason = f" ({self.last_failure})" if self.last_failure else ""
-                raise ClientDisconnected(f"timed out waiting for a connection{reason}")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._connected.wait()
-
-    async def call(self, method: str, args: tuple[Any, ...], patience: float) -> Any:
-        link = await self.operational_link(patience)
-        return await link.call(method, args)
-
-    def _link_of(self, generation: int) -> ServerLink:
-        link = self.active
-        if generation != self.generation or link is None or not self.operational:
-            raise ClientDisconnected("the connection of this transaction was lost")
-        return link
-
-    def call_in_generation(
-        self,
-        method: str,
-        args: tuple[Any, ...],
-        generation: int,
-        *,
-        preceding: Sequence[QueuedCall] = (),
-        on_error: Callable[[BaseException], object] | None = None,
-    ) -> asyncio.Future[Any]:
-        """A call that must reach the connection of ``generation``, or fail.
-
-        ``preceding`` async calls are sent first, in the same write.
-        """
-        link = self._link_of(generation)
-        with link.corked():
-            if preceding:
-                link.call_async_many(preceding, on_error)
-            return link.call(method, args)
-
-    def send_calls(
-        self,
-        calls: Sequence[QueuedCall],
-        generation: int,
-        on_error: Callable[[BaseException], object] | None = None,
-    ) -> None:
-        """Send async calls unless the connection they were meant for is gone."""
-        try:
-            link = self._link_of(generation)
-        except ClientDisconnected:
-            logger.debug("dropping %d calls for a lost connection", len(calls))
-            return
-        link.call_async_many(calls, on_error)
-
-    async def send_blob(
-        self,
-        stream: BinaryIO,
-        chunks: list[Chunk],
-        store_args: tuple[Any, ...],
-        generation: int,
-    ) -> None:
-        """Upload a blob file as storeBlobStart/Chunk/End, with backpressure.
-
-        ``chunks`` are the file's first ``read_chunks``, read by the caller
-        (the application thread, which waits for the upload anyway); the
-        rest of a big file is read here a few chunks at a time
-        (``next_chunks``: from the page cache, or in a thread), and we wait
-        for the send buffer to drain in between, so memory stays bounded
-        whatever the blob's size.  The caller closes ``stream``.
-        """
-        link = self._link_of(generation)
-        link.call_async("storeBlobStart", ())
-        while chunks:
-            with link.corked():
-                for chunk in chunks:
-                    link.call_async_data("storeBlobChunk", (), chunk)
-            if at_end(chunks):
-                break
-            await link.drained()
-            if not link.is_open:
-                raise ClientDisconnected("the connection was lost during an upload")
-            chunks = await next_chunks(stream)
-        link.call_async("storeBlobEnd", store_args)
-
-    def _load(self, link: ServerLink, oid: bytes, before: bytes) -> asyncio.Future[Any]:
-        cache = self.cache
-        readahead = self.readahead
-
-        def remember(result: Any) -> Any:
-            if result and isinstance(result[0], bytes):
-                data, start, end = result
-                cache.store(oid, start, end, data)
-                readahead.loaded(oid, data)
-                return (data, start, end)
-            return None
-
-        return link.call(
-            "loadBefore", (oid, before), msgid=(oid, before), on_result=remember
-        )
-
-    def start_load(
-        self, oid: bytes, before: bytes, patience: float
-    ) -> Awaitable[LoadResult] | LoadResult:
-        """Load for the application, which missed ``oid`` in the cache.
-
-        The siblings readahead proposes are prefetched even when ``oid``
-        itself turns out to be cached by now (its prefetch arrived while the
-        miss crossed threads): readahead counts them as requested, and
-        nobody else would ask for them.
-        """
-        siblings = self.readahead.missed(oid)
-        result: Awaitable[LoadResult] | LoadResult | None
-        result = self.cache.load_before(oid, before)
-        if result is None:
-            link = self.active
-            if link is None or not self.operational:
-                return self._load_when_connected(oid, before, patience)
-            result = self._load(link, oid, before)
-        if siblings:
-            self.prefetch(tuple(siblings), before)
-        return result
-
-    def readahead_reached(self, oid: bytes, before: bytes) -> None:
-        """The application read ``oid`` from the cache, and it is marked."""
-        siblings = self.readahead.reached(oid)
-        if siblings:
-            self.prefetch(tuple(siblings), before)
-
-    async def _load_when_connected(
-        self, oid: bytes, before: bytes, patience: float
-    ) -> LoadResult:
-        link = await self.operational_link(patience)
-        result: LoadResult = await self._load(link, oid, before)
-        return result
-
-    def request_oids(
-        self,
-        deliver: Callable[[list[bytes]], object],
-        done: Callable[[], object],
-    ) -> None:
-        """Ask for new oids without waiting: ``deliver`` gets them if they
-        come, ``done`` is called either way."""
-        link = self.active
-        if link is None or not self.operational:
-            done()
-            return
-
-        def arrived(future: asyncio.Future[Any]) -> None:
-            if not future.cancelled() and future.exception() is None:
-                deliver(list(future.result()))
-            done()
-
-        link.call("new_oids", ()).add_done_callback(arrived)
-
-    def start_call(
-        self, method: str, args: tuple[Any, ...], patience: float
-    ) -> Awaitable[Any]:
-        """A call to the server, waiting up to ``patience`` for a connection."""
-        link = self.active
-        if link is not None and self.operational:
-            return link.call(method, args)
-        return self.call(method, args, patience)
-
-    def prefetch(self, oids: tuple[bytes, ...], before: bytes) -> None:
-        """Start loading ``oids`` into the cache without waiting."""
-        link = self.active
-        if link is None or not self.operational:
-            return
-        with link.corked():
-            for oid in oids:
-                if self.cache.load_before(oid, before) is None:
-                    self._load(link, oid, before).add_done_callback(_ignore_outcome)
-
-    async def tpc_finish(
-        self,
-        token: int,
-        generation: int,
-        updates: Iterable[Update],
-        callback: Callable[[bytes], object],
-    ) -> bytes:
-        link = self._link_of(generation)
-        cache = self.cache
-
-        def finish(tid: Any) -> bytes:
-            if tid is None:
-                raise POSException.StorageTransactionError(
-                    "the server knows no such transaction"
-                )
-            for oid, data, server_resolved in updates:
-                cache.invalidate(oid, tid)
-                if data is not None and not server_resolved:
-                    cache.store(oid, tid, None, data)
-            # ZODB >= 5.6: lastTransaction moves only once the callback
-            # has seen the commit; the lock hides the new tid until then.
-            with cache.lock:
-                cache.set_last_tid(tid)
-                callback(tid)
-            return bytes(tid)
-
-        try:
-            return await link.call("tpc_finish", (token,), on_result=finish)
-        except ClientDisconnected:
-            raise
-        except Exception:
-            # The cache may now be out of step with the server: start over.
-            link.close()
-            raise
-
-
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        logger.debug("prefetch failed: %s", future.exception())

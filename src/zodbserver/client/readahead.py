@@ -29,8 +29,8 @@ Only the bookkeeping lives here; the connection manager decides which of the
 proposed oids are worth loading (not cached, not already in flight) and
 loads them as ordinary ``loadBefore`` calls, so prefetched records obey the
 same ordering rules as any other load.  Not thread-safe: the connection
-thread alone uses it, except that application threads may test whether an
-oid is in ``marks``.
+thread alone uses it; application threads read only ``marked``, an
+immutable value it replaces (the thread rule: ``state.py``).
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ class Readahead:
         #: The first sibling of each window proposed: reaching it proposes
         #: the next window (an insertion-ordered set).
         self.marks: dict[bytes, None] = {}
+        #: ``marks`` as an immutable value, replaced whenever they change:
+        #: what application threads test a cache hit against.
+        self.marked: frozenset[bytes] = frozenset()
 
     @property
     def enabled(self) -> bool:
@@ -105,12 +108,17 @@ class Readahead:
 
     def missed(self, oid: bytes) -> list[bytes]:
         """The application missed ``oid`` in the cache: oids to prefetch."""
-        self.marks.pop(oid, None)
+        changed = oid in self.marks
+        if changed:
+            del self.marks[oid]
         proposed = self._propose(oid)
         if proposed:
+            changed = True
             self.marks[proposed[0]] = None
             while len(self.marks) > MAX_MARKS:
                 del self.marks[next(iter(self.marks))]
+        if changed:
+            self.marked = frozenset(self.marks)
         return proposed
 
     def reached(self, oid: bytes) -> list[bytes]:

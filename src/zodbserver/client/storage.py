@@ -2,32 +2,22 @@
 
 ZODB's ``DB`` calls this object from any number of application threads.
 Reads answer from the client cache when they can and otherwise cross to the
-connection thread (``connection.ClientThread``) and wait.  A commit follows
-docs/architecture.md, The commit path: ``tpc_begin`` and the stores are async, ``vote``
-returns the oids the server (or we, resolving conflicts it handed back)
-changed, and ``tpc_finish`` updates the cache and calls ZODB's callback on
-the connection thread before ``lastTransaction`` moves.
+connection thread (``connection.ClientThread``) and wait.  Commits are
+``TwoPhaseCommit`` (``commit.py``).  Which thread owns what: ``state.py``.
 
 Blobs (``blob_dir``) travel through ``blobs.BlobFiles``: uploaded in chunks
 with the commit and downloaded on first load into a private cache, or placed
 in a directory shared with the server (``shared_blob_dir``).
-
-One transaction at a time per storage (the server allows no more per
-connection); ``tpc_begin`` blocks on a lock until the previous one ends.  A
-transaction belongs to the connection generation it began in: if the
-connection drops, every later step raises ``ClientDisconnected``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import logging
-import os
+import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import ZODB.BaseStorage
@@ -35,24 +25,20 @@ import ZODB.blob
 import ZODB.interfaces
 import zope.interface
 from ZODB import POSException
-from ZODB.ConflictResolution import ConflictResolvingStorage
 from ZODB.utils import maxtid
 
 from ..addresses import normalize_addresses
-from ..chunks import open_and_read
 from ..errors import ConfigurationError
 from .blobs import BlobFiles
 from .cache import ClientCache
 from .cache_file import CacheFile, cache_path
+from .commit import MB, CommitBuffer, TwoPhaseCommit
 from .connection import ClientThread
 from .exceptions import ClientDisconnected
 from .iterators import IteratorRegistry, TransactionIterator
-from .link import QueuedCall, ServerLink
-from .manager import ConnectionManager, Update
+from .manager import ConnectionManager
 
 logger = logging.getLogger(__name__)
-
-MB = 1024 * 1024
 
 #: Interfaces the server's ``get_info`` can announce, and we then provide.
 _OPTIONAL_INTERFACES = (
@@ -69,60 +55,9 @@ _SPARE_OIDS = 50
 #: Most siblings prefetched at a time by readahead (``readahead.py``).
 DEFAULT_READAHEAD = 512
 
-_VOTE_ROUNDS = 9  # conflict-resolution rounds before giving up, as ZEO
-
-#: A transaction's async calls (stores, ...) wait in the application thread
-#: and cross to the connection thread in batches of this many calls or bytes:
-#: one wake-up and one socket write per batch rather than per store.
-_BATCH_CALLS = 128
-_BATCH_BYTES = MB
-
-
-class _CommitBuffer:
-    """What one transaction stored, for updating the cache at the end."""
-
-    def __init__(self, generation: int) -> None:
-        self.generation = generation
-        self.stores: dict[bytes, bytes | None] = {}
-        self.server_resolved: set[bytes] = set()
-        self.client_resolved: set[bytes] = set()
-        self.blobs: list[tuple[bytes, str]] = []  # (oid, uploaded file)
-        self.error: BaseException | None = None
-        self._calls: list[QueuedCall] = []  # async calls not yet handed over
-        self._call_bytes = 0
-
-    def queue(self, method: str, args: tuple[Any, ...]) -> bool:
-        """Queue an async call; true when the batch should go now."""
-        self._calls.append((method, args))
-        self._call_bytes += sum(len(arg) for arg in args if isinstance(arg, bytes))
-        return len(self._calls) >= _BATCH_CALLS or self._call_bytes >= _BATCH_BYTES
-
-    def take_calls(self) -> list[QueuedCall]:
-        calls, self._calls, self._call_bytes = self._calls, [], 0
-        return calls
-
-    def failed(self, exc: BaseException) -> None:
-        """An async call could not be sent: the vote reports it."""
-        if self.error is None:
-            self.error = exc
-
-    def updates(self) -> list[Update]:
-        updates: list[Update] = [
-            (oid, data, oid in self.server_resolved)
-            for oid, data in self.stores.items()
-        ]
-        updates.extend(
-            (oid, None, True) for oid in self.server_resolved - self.stores.keys()
-        )
-        return updates
-
-
-def _no_callback(tid: bytes) -> None:
-    pass
-
 
 @zope.interface.implementer(ZODB.interfaces.IMultiCommitStorage)
-class ClientStorage(ConflictResolvingStorage):
+class ClientStorage(TwoPhaseCommit):
     """A ZODB storage served by a ZEO-protocol server.
 
     ``addr``: a port (on 127.0.0.1), ``(host, port)``, ``"host:port"``, a
@@ -183,25 +118,18 @@ class ClientStorage(ConflictResolvingStorage):
         self.__name__ = name or str(addr)
         self._storage = storage
         self._wait_timeout = 30.0 if wait_timeout is None else float(wait_timeout)
-        self._is_read_only = bool(read_only)
         self.server_sync = server_sync
-        self.protocol_version: bytes | None = None
-        self._server_addr: str | None = None
-        self._info: dict[str, Any] = {
-            "length": 0,
-            "size": 0,
-            "name": "zodbserver client",
-            "supportsUndo": False,
-            "interfaces": (),
-        }
         self._db: Any = None
-        # Filled by the connection thread too: a deque appends atomically.
+        # New oids: the application threads' own, under the lock; batches
+        # asked for ahead of need arrive from the connection thread through
+        # the queue (an empty batch when the request failed).
         self._oids: collections.deque[bytes] = collections.deque()
         self._oids_requested = False
         self._oids_lock = threading.Lock()
+        self._oid_batches: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
         self._commit_lock = threading.Lock()
         self._transaction: Any = None
-        self._buffer: _CommitBuffer | None = None
+        self._buffer: CommitBuffer | None = None
         self._iterators = IteratorRegistry()
         self._blobs = (
             None
@@ -255,30 +183,11 @@ class ClientStorage(ConflictResolvingStorage):
         wait = self._wait_timeout if timeout is None else timeout
         return self._thread.wait_for(self._manager.start_call, method, args, wait)
 
-    def _send(self, buffer: _CommitBuffer, method: str, *args: Any) -> None:
-        """An async call belonging to the transaction ``buffer`` records."""
-        if buffer.generation != self._manager.generation:
-            raise ClientDisconnected(method, "on a disconnected transaction")
-        if buffer.queue(method, args):
-            self._flush(buffer)
-
-    def _flush(self, buffer: _CommitBuffer) -> None:
-        """Hand the queued async calls of ``buffer`` to the connection thread."""
-        calls = buffer.take_calls()
-        if calls:
-            self._thread.call_soon(
-                self._manager.send_calls, calls, buffer.generation, buffer.failed
-            )
-
     # -- the listener side: called on the connection thread ---------------
 
-    def notify_connected(self, link: ServerLink, info: dict[str, Any]) -> None:
-        peer = link.peername()
-        self._server_addr = peer if isinstance(peer, str) else str(tuple(peer)[:2])
-        self.protocol_version = link.protocol_version
-        self._is_read_only = link.read_only
-        self._info.update(info)
-        interfaces = {tuple(item) for item in self._info.get("interfaces", ())}
+    def notify_connected(self) -> None:
+        state = self._manager.state
+        interfaces = {tuple(item) for item in state.info.get("interfaces", ())}
         optional: tuple[Any, ...] = _OPTIONAL_INTERFACES
         if self._blobs is not None:
             optional += (ZODB.interfaces.IBlobStorage,)
@@ -302,7 +211,7 @@ class ClientStorage(ConflictResolvingStorage):
         """Block until connected (True) or ``timeout`` seconds pass (False)."""
         with self._connection_changed:
             return self._connection_changed.wait_for(
-                lambda: self._connected and self._manager.operational, timeout
+                lambda: self._connected and self._manager.state.operational, timeout
             )
 
     def wait_until_disconnected(self, timeout: float | None = None) -> bool:
@@ -320,9 +229,6 @@ class ClientStorage(ConflictResolvingStorage):
         if self._db is not None:
             self._db.invalidateCache()
 
-    def update_info(self, info: dict[str, Any]) -> None:
-        self._info.update(info)
-
     # -- identity and state ------------------------------------------------
 
     def getName(self) -> str:
@@ -330,30 +236,33 @@ class ClientStorage(ConflictResolvingStorage):
         return f"{self.__name__} ({state})"
 
     def sortKey(self) -> str:
-        if self._server_addr is None:
+        address = self._manager.state.server_address
+        if address is None:
             raise ClientDisconnected("never connected")
-        return f"{self._storage}:{self._server_addr}"
+        return f"{self._storage}:{address}"
 
     def is_connected(self) -> bool:
-        return self._manager.operational
+        return self._manager.state.operational
+
+    @property
+    def protocol_version(self) -> bytes | None:
+        return self._manager.state.protocol_version
 
     def getSize(self) -> int:
-        return int(self._info.get("size", 0))
+        return int(self._manager.state.info.get("size", 0))
 
     def __len__(self) -> int:
-        return int(self._info.get("length", 0))
+        return int(self._manager.state.info.get("length", 0))
 
     def supportsUndo(self) -> bool:
-        return bool(self._info.get("supportsUndo"))
+        return bool(self._manager.state.info.get("supportsUndo"))
 
-    def isReadOnly(self) -> bool:
-        return self._is_read_only
-
-    is_read_only = isReadOnly
+    def is_read_only(self) -> bool:
+        return self.isReadOnly()
 
     @property
     def verify_result(self) -> str | None:
-        return self._manager.verify_result
+        return self._manager.state.verify_result
 
     def registerDB(self, db: Any) -> None:
         super().registerDB(db)
@@ -402,7 +311,7 @@ class ClientStorage(ConflictResolvingStorage):
     ) -> tuple[bytes, bytes, bytes | None] | None:
         cached = self._cache.load_before(oid, tid)
         if cached is not None:
-            if oid in self._manager.readahead.marks:
+            if oid in self._manager.readahead.marked:
                 with contextlib.suppress(ClientDisconnected):
                     self._thread.call_soon(self._manager.readahead_reached, oid, tid)
             return cached
@@ -427,21 +336,25 @@ class ClientStorage(ConflictResolvingStorage):
         return self._call("record_iternext", next)
 
     def new_oid(self) -> bytes:
-        if self._is_read_only:
+        if self.isReadOnly():
             raise POSException.ReadOnlyError()
         with self._oids_lock:
+            self._take_oid_batches()
             if len(self._oids) < _SPARE_OIDS and not self._oids_requested:
                 # Ask for the next batch now, so it is here when needed.
                 self._oids_requested = True
-                self._thread.call_soon(
-                    self._manager.request_oids, self._oids.extend, self._oids_arrived
-                )
+                deliver = self._oid_batches.put
+                self._thread.call_soon(self._manager.request_oids, deliver)
             while not self._oids:  # none spare yet: wait for a batch
-                self._oids.extend(self._call("new_oids"))
+                batch = self._call("new_oids")
+                self._take_oid_batches()  # asked for earlier: answered first
+                self._oids.extend(batch)
             return self._oids.popleft()
 
-    def _oids_arrived(self) -> None:
-        self._oids_requested = False
+    def _take_oid_batches(self) -> None:
+        while not self._oid_batches.empty():
+            self._oids.extend(self._oid_batches.get())
+            self._oids_requested = False
 
     # -- administration ----------------------------------------------------
 
@@ -478,158 +391,19 @@ class ClientStorage(ConflictResolvingStorage):
         self._release_iterators(self._iterators.collectable())
 
     def _release_iterators(self, iids: list[int]) -> None:
-        if iids and self._manager.operational:
+        state = self._manager.state
+        if iids and state.operational:
             self._thread.call_soon(
-                self._manager.send_calls,
-                [("iterator_gc", (iids,))],
-                self._manager.generation,
+                self._manager.send_calls, [("iterator_gc", (iids,))], state.generation
             )
 
     def copyTransactionsFrom(self, other: Any, verbose: int = 0) -> None:
         ZODB.BaseStorage.copy(other, self, verbose)
 
-    # -- two-phase commit --------------------------------------------------
-
-    def tpc_transaction(self) -> Any:
-        return self._transaction
-
-    def _check_trans(self, txn: Any, method: str) -> _CommitBuffer:
-        if self._is_read_only:
-            raise POSException.ReadOnlyError()
-        buffer = self._buffer
-        if txn is not self._transaction or buffer is None:
-            raise POSException.StorageTransactionError(
-                "Transaction not committing", method, txn
-            )
-        if buffer.generation != self._manager.generation:
-            raise ClientDisconnected(method, "on a disconnected transaction")
-        return buffer
-
-    def tpc_begin(self, txn: Any, tid: bytes | None = None, status: str = " ") -> None:
-        if self._is_read_only:
-            raise POSException.ReadOnlyError()
-        if txn is self._transaction:
-            raise POSException.StorageTransactionError(
-                "Duplicate tpc_begin calls for same transaction"
-            )
-        if not self._manager.operational:
-            # A server restart looks like a pause, as with ZEO: wait for the
-            # connection, up to wait_timeout, then fail.
-            self._thread.run(self._manager.operational_link(self._wait_timeout))
-        self._commit_lock.acquire()
-        try:
-            if not self._manager.operational:
-                raise ClientDisconnected("tpc_begin while disconnected")
-            buffer = _CommitBuffer(self._manager.generation)
-            self._transaction = txn
-            self._buffer = buffer
-            self._send(
-                buffer,
-                "tpc_begin",
-                id(txn),
-                txn.user,
-                txn.description,
-                txn.extension,
-                tid,
-                status,
-            )
-        except BaseException:
-            self._end()
-            raise
-
-    def _end(self, tid: bytes | None = None) -> None:
-        """Release the transaction; keep (committed) or drop its blob files."""
-        buffer = self._buffer
-        self._transaction = None
-        self._buffer = None
-        self._commit_lock.release()
-        if buffer is None or self._blobs is None:
-            return
-        for oid, path in buffer.blobs:
-            try:
-                if tid is None:
-                    self._blobs.discard(path)
-                else:
-                    self._blobs.committed(oid, tid, path)
-            except OSError:
-                logger.exception("could not move the blob %s into the cache", path)
-
-    def store(
-        self, oid: bytes, serial: bytes | None, data: bytes, version: str, txn: Any
-    ) -> None:
-        assert not version
-        buffer = self._check_trans(txn, "store")
-        self._send(buffer, "storea", oid, serial, data, id(txn))
-        buffer.stores[oid] = data
-
-    def checkCurrentSerialInTransaction(
-        self, oid: bytes, serial: bytes, txn: Any
-    ) -> None:
-        buffer = self._check_trans(txn, "checkCurrentSerialInTransaction")
-        self._send(buffer, "checkCurrentSerialInTransaction", oid, serial, id(txn))
-
-    def deleteObject(self, oid: bytes, serial: bytes, txn: Any) -> None:
-        buffer = self._check_trans(txn, "deleteObject")
-        self._send(buffer, "deleteObject", oid, serial, id(txn))
-        buffer.stores[oid] = None
-
-    def restore(
-        self,
-        oid: bytes,
-        serial: bytes,
-        data: bytes | None,
-        version: str,
-        prev_txn: bytes | None,
-        txn: Any,
-    ) -> None:
-        assert not version
-        buffer = self._check_trans(txn, "restore")
-        self._send(buffer, "restorea", oid, serial, data, prev_txn, id(txn))
-        buffer.stores[oid] = None  # not what the server keeps: just invalidate
-
     # -- blobs -----------------------------------------------------------
-
-    def _blob_files(self) -> BlobFiles:
-        if self._blobs is None:
-            raise POSException.Unsupported("No blob cache directory is configured.")
-        return self._blobs
 
     def temporaryDirectory(self) -> str:
         return self._blob_files().temp_dir
-
-    def storeBlob(
-        self,
-        oid: bytes,
-        serial: bytes | None,
-        data: bytes,
-        blobfilename: str,
-        version: str,
-        txn: Any,
-    ) -> None:
-        assert not version
-        blobs = self._blob_files()
-        buffer = self._check_trans(txn, "storeBlob")
-        path = blobs.adopt(oid, serial or b"\0" * 8, blobfilename)
-        buffer.blobs.append((oid, path))
-        self.store(oid, serial, data, "", txn)
-        if blobs.shared:
-            name = os.path.basename(path)
-            self._send(buffer, "storeBlobShared", oid, serial, data, name, id(txn))
-            return
-        if buffer.generation != self._manager.generation:
-            raise ClientDisconnected("storeBlob", "on a disconnected transaction")
-        self._flush(buffer)  # the queued calls go before the upload
-        # Streamed from the connection thread while this thread waits; the
-        # first chunks are read here, saving the upload a trip to a thread.
-        stream, chunks = open_and_read(path)
-        with stream:
-            self._thread.wait_for(
-                self._manager.send_blob,
-                stream,
-                chunks,
-                (oid, serial, data, id(txn)),
-                buffer.generation,
-            )
 
     def loadBlob(self, oid: bytes, serial: bytes) -> str:
         blobs = self._blob_files()
@@ -658,93 +432,3 @@ class ClientStorage(ConflictResolvingStorage):
                 if attempt:
                     raise
         raise AssertionError("unreachable")
-
-    def undo(self, transaction_id: bytes, txn: Any) -> None:
-        buffer = self._check_trans(txn, "undo")
-        self._send(buffer, "undoa", transaction_id, id(txn))
-
-    def tpc_vote(self, txn: Any) -> list[bytes] | None:
-        buffer = self._check_trans(txn, "tpc_vote")
-        try:
-            self._vote_rounds(txn, buffer)
-        except POSException.StorageTransactionError:
-            self._check_trans(txn, "tpc_vote")  # a reconnect explains it
-            raise
-        except POSException.ConflictError as exc:
-            # An unresolved conflict may mean our cached copy is stale.
-            oid = getattr(exc, "oid", None)
-            if oid is not None:
-                self._cache.invalidate(oid, None)
-            raise
-        if buffer.error is not None:
-            raise buffer.error
-        resolved = [*buffer.server_resolved, *buffer.client_resolved]
-        return resolved or None
-
-    def _vote_rounds(self, txn: Any, buffer: _CommitBuffer) -> None:
-        for _ in range(_VOTE_ROUNDS):
-            result = self._thread.wait_for(
-                functools.partial(
-                    self._manager.call_in_generation,
-                    "vote",
-                    (id(txn),),
-                    buffer.generation,
-                    preceding=buffer.take_calls(),
-                    on_error=buffer.failed,
-                )
-            )
-            conflicts = False
-            for item in result or ():
-                if isinstance(item, dict):
-                    conflicts = True
-                    self._resolve(txn, buffer, item)
-                else:
-                    buffer.server_resolved.add(item)
-            if not conflicts:
-                return
-        raise POSException.ConflictError("conflicts remain after resolution")
-
-    def _resolve(
-        self, txn: Any, buffer: _CommitBuffer, conflict: dict[str, Any]
-    ) -> None:
-        oid = conflict["oid"]
-        committed, read = conflict["serials"]
-        data = self.tryToResolveConflict(oid, committed, read, conflict["data"])
-        self._send(buffer, "storea", oid, committed, data, id(txn))
-        buffer.stores[oid] = data
-        buffer.client_resolved.add(oid)
-
-    def tpc_finish(self, txn: Any, f: Callable[[bytes], object] | None = None) -> bytes:
-        buffer = self._check_trans(txn, "tpc_finish")
-        tid: bytes | None = None
-        try:
-            tid = self._thread.wait_for(
-                self._manager.tpc_finish,
-                id(txn),
-                buffer.generation,
-                buffer.updates(),
-                f or _no_callback,
-            )
-        finally:
-            self._end(tid)
-            self._iterator_gc()
-        return tid
-
-    def tpc_abort(self, txn: Any, timeout: float | None = None) -> None:
-        buffer = self._buffer
-        if txn is not self._transaction or buffer is None:
-            return
-        buffer.take_calls()  # never sent: nothing to undo on the server
-        try:
-            if buffer.generation == self._manager.generation:
-                self._thread.wait_for(
-                    self._manager.call_in_generation,
-                    "tpc_abort",
-                    (id(txn),),
-                    buffer.generation,
-                )
-        except ClientDisconnected:
-            logger.debug("%s: disconnected during tpc_abort", self.__name__)
-        finally:
-            self._end()
-            self._iterator_gc()
