@@ -342,3 +342,21 @@ def test_provides_the_interfaces_the_server_announces(make_client: MakeClient) -
     ):
         assert iface.providedBy(client), iface
         assert verifyObject(iface, client)
+
+
+def test_new_oids_from_many_threads_are_distinct(make_client: MakeClient) -> None:
+    client = make_client()
+    taken: list[list[bytes]] = [[] for _ in range(8)]
+
+    def take(mine: list[bytes]) -> None:
+        for _ in range(300):
+            mine.append(client.new_oid())
+
+    threads = [threading.Thread(target=take, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    oids = [oid for mine in taken for oid in mine]
+    assert len(oids) == 2400
+    assert len(set(oids)) == 2400
