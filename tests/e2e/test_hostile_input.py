@@ -596,6 +596,33 @@ def test_tpc_finish_without_vote(server: Server, no_fatal_errors: None) -> None:
     server.assert_intact()
 
 
+def test_calls_after_the_vote_fail_the_finish(
+    server: Server, no_fatal_errors: None
+) -> None:
+    """A store after the vote and a second vote are refused, and the finish
+    fails: nothing commits that the client did not see voted.  The storage
+    is left out of the transaction, so the next client commits (ending the
+    voted transaction at the second vote used to leave the storage inside
+    it, and every later vote waiting for it)."""
+    with server.registered() as client:
+        oid = _begin_and_store(client, "voted")
+        assert client.result("vote", 1) == ()
+        client.call_async("storea", oid, Z64, record("after the vote"), 1)
+        event = client.call("vote", 1)
+        assert isinstance(event, ErrorReply), event
+        assert event.class_name == TRANSACTION_ERROR
+        event = client.call("tpc_finish", 1)
+        assert isinstance(event, ErrorReply), event
+        assert client.result("tpc_abort", 1) is None
+        assert_unknown_oid(client, oid)
+    with server.registered() as other:
+        other_oid = _begin_and_store(other, "next")
+        assert other.result("vote", 1) == ()
+        tid = other.result("tpc_finish", 1)
+        assert other.result("loadBefore", other_oid, MAXTID)[1] == tid
+    server.assert_intact(new_tids=(tid,))
+
+
 # -- what the decoder must refuse ---------------------------------------------
 
 

@@ -10,14 +10,15 @@ import itertools
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from ZODB.MappingStorage import MappingStorage
-from ZODB.POSException import POSError
+from ZODB.POSException import POSError, POSKeyError
 from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle
 from ZODB.utils import z64
 
+from zodbserver.server.commit import CommitLock
 from zodbserver.server.session import Session
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.storage_server import StorageServer
@@ -31,6 +32,9 @@ from zodbserver.server.transaction_state import (
 ACTIONS = ("begin", "store", "vote", "finish", "abort", "disconnect", "wait")
 #: Errors a client may be answered with in a random interleaving.
 EXPECTED = (POSError, asyncio.CancelledError)
+#: Everything here is in memory: a step not done in this many seconds is
+#: stuck, and fails the example (so shrinking a fault ends, too).
+STUCK = 2.0
 
 
 class FakePeer:
@@ -113,8 +117,7 @@ async def _interleave(actions: list[tuple[int, str, int]]) -> None:
         calls = [call for client in clients for call in client.calls]
         running = [*calls, *hosted.running, *server.tasks.running()]
         if running:
-            # Everything here is in memory: what is not done in 2 s is stuck.
-            done, pending = await asyncio.wait(running, timeout=2)
+            done, pending = await asyncio.wait(running, timeout=STUCK)
             assert not pending, pending
         for call in calls:
             if not call.cancelled() and call.exception() is not None:
@@ -125,17 +128,30 @@ async def _interleave(actions: list[tuple[int, str, int]]) -> None:
         # The storage is out of every transaction: a new client commits.
         last = Client(server, "last")
         last.act("begin", oids[0])
-        last.session.storea(oids[1], None, zodb_pickle(MinPO(0)), last.token)
-        assert await last.session.vote(last.token) is not None
-        assert await last.session.tpc_finish(last.token) is not None
+        try:
+            serial = hosted.storage.load(oids[1])[1]
+        except POSKeyError:
+            serial = z64  # never committed
+        last.session.storea(oids[1], serial, zodb_pickle(MinPO(0)), last.token)
+        async with asyncio.timeout(STUCK):  # a fault fails the example, not hangs
+            assert await last.session.vote(last.token) is not None
+            assert await last.session.tpc_finish(last.token) is not None
         last.session.disconnected()
     finally:
-        await server.tasks.close()
+        async with asyncio.timeout(STUCK):
+            await server.tasks.close()
         if hosted.commit_lock.holder is None:  # else the storage would hang
             server.close_storages()
 
 
 @settings(max_examples=60, deadline=None)
+# A second vote and a store while the first vote runs: the store's error
+# must not end the voting transaction behind the storage's back (which
+# left the storage in a transaction and every later vote waiting).
+@example(
+    [(0, "begin", 0), (0, "vote", 1), (0, "wait", 1), (0, "vote", 0), (0, "store", 0)]
+)
+@example([(0, "begin", 0), (0, "vote", 1), (0, "vote", 0), (0, "store", 0)])
 @given(
     st.lists(
         st.tuples(st.integers(0, 1), st.sampled_from(ACTIONS), st.integers(0, 1)),
@@ -146,6 +162,17 @@ def test_random_interleavings_leave_no_transaction_behind(
     actions: list[tuple[int, str, int]],
 ) -> None:
     asyncio.run(_interleave(actions))
+
+
+@pytest.mark.timeout(60)
+def test_a_planted_fault_fails_the_interleaving_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit lock that is never released: the check reports it."""
+    monkeypatch.setattr(CommitLock, "release", lambda self, holder: None)
+    steps = [(0, "begin", 0), (0, "store", 0), (0, "vote", 0), (0, "finish", 0)]
+    with pytest.raises((AssertionError, TimeoutError)):
+        asyncio.run(_interleave(steps))
 
 
 def test_steps_the_table_does_not_allow_are_refused() -> None:

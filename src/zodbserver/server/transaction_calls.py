@@ -76,12 +76,12 @@ class TransactionCalls(SessionBase):
         self._pending(token).add(commit.STORE, oid, serial, data)
         self._hosted.stats.stores += 1
 
-    def checkCurrentSerialInTransaction(  # noqa: N802
+    def checkCurrentSerialInTransaction(
         self, oid: bytes, serial: bytes, token: Any
     ) -> None:
         self._pending(token).add(commit.CHECK_READ, oid, serial)
 
-    def deleteObject(self, oid: bytes, serial: bytes, token: Any) -> None:  # noqa: N802
+    def deleteObject(self, oid: bytes, serial: bytes, token: Any) -> None:
         self._pending(token).add(commit.DELETE, oid, serial)
         self._hosted.stats.stores += 1
 
@@ -99,18 +99,18 @@ class TransactionCalls(SessionBase):
     def undoa(self, undo_id: bytes, token: Any) -> None:
         self._pending(token).add(commit.UNDO, undo_id)
 
-    def storeBlobStart(self) -> None:  # noqa: N802 - wire name
+    def storeBlobStart(self) -> None:
         if self.transaction is None or self.read_only:
             raise StorageTransactionError("storeBlobStart outside a transaction")
         self._discard_upload()
         self._upload = BlobUpload(self.storage)
 
-    def storeBlobChunk(self, chunk: bytes) -> None:  # noqa: N802
+    def storeBlobChunk(self, chunk: bytes) -> None:
         if self._upload is None:
             raise StorageTransactionError("storeBlobChunk without storeBlobStart")
         self._upload.write(chunk)
 
-    def storeBlobEnd(  # noqa: N802
+    def storeBlobEnd(
         self, oid: bytes, serial: bytes | None, data: bytes, token: Any
     ) -> None:
         upload, self._upload = self._upload, None
@@ -124,7 +124,7 @@ class TransactionCalls(SessionBase):
             raise
         txn.blobs.append((oid, serial, data, path))
 
-    def storeBlobShared(  # noqa: N802
+    def storeBlobShared(
         self, oid: bytes, serial: bytes | None, data: bytes, name: str, token: Any
     ) -> None:
         txn = self._pending(token)
@@ -139,11 +139,16 @@ class TransactionCalls(SessionBase):
     # -- transactions: two-phase commit -------------------------------------
 
     async def vote(self, token: Any) -> Any:
-        if self._async_error is not None:
+        txn = self.transaction
+        if self._async_error is not None and (
+            txn is None or txn.state.state is State.BUFFERING
+        ):
             error, self._async_error = self._async_error, None
-            if self.transaction is not None:
+            if txn is not None:
                 self._end_transaction(aborted=True)
             raise error
+        # A second vote is refused here; a transaction that is voting or
+        # voted is ended only by its vote, finish or abort.
         txn = self._pending(token)
         hosted = self._hosted
         state = txn.state
@@ -244,6 +249,12 @@ class TransactionCalls(SessionBase):
         vote_result = self._vote_result
         if txn.state.state is not State.VOTED or vote_result is None:
             raise StorageTransactionError("tpc_finish called before a successful vote")
+        if self._async_error is not None:
+            # A call of this transaction failed after its vote: what the
+            # client sent is not what the storage voted, so nothing commits.
+            error, self._async_error = self._async_error, None
+            await self._abort_in_storage()
+            raise error
         hosted = self._hosted
         txn.state.process(Event.FINISH)
         finishing = hosted.submit(self._finish_in_storage, txn)
