@@ -45,7 +45,7 @@ from .errors import ConfigurationError
 from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from .foreground import PROGRAM, Plan, daemon_argv, serve
 from .logtail import logtail
-from .pidfile import AlreadyRunning, probe
+from .pidfile import AlreadyRunningError, probe
 from .server.settings import ServerSettings
 from .units import parse_seconds
 from .user_switch import find_user, switch_user
@@ -127,7 +127,7 @@ def start(plan: Plan, timeout: float) -> int:
     """Start the server as a daemon; return once it listens or has failed."""
     state, pid = probe(plan.pid_file)
     if state == "running":
-        print(AlreadyRunning(pid, plan.pid_file), file=sys.stderr)
+        print(AlreadyRunningError(pid, plan.pid_file), file=sys.stderr)
         return EXIT_FAILURE
     try:
         for directory in plan.directories:

@@ -188,7 +188,7 @@ class _FileOpener:
     every error message, are ZConfig's own.
     """
 
-    def openResource(self, url: Any) -> Any:  # noqa: N802 - ZConfig's name
+    def openResource(self, url: Any) -> Any:
         url = str(url)
         if url[:5].lower() != "file:":
             return super().openResource(url)  # type: ignore[misc]

@@ -23,8 +23,12 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes or messages that break the protocol."""
 
 
-class FrameTooLarge(RemoteProtocolError):
+class FrameTooLargeError(RemoteProtocolError):
     """A frame's length prefix exceeds the configured maximum."""
+
+
+# TODO(cleanup): the former name, still imported by tests; remove with them.
+FrameTooLarge = FrameTooLargeError
 
 
 class LocalProtocolError(ProtocolError):

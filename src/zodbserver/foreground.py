@@ -23,7 +23,7 @@ from .config import ServerConfig, open_storages
 from .daemon import ReportPipe
 from .errors import StorageInUseError
 from .exit_codes import EXIT_FAILURE, EXIT_RESTART
-from .pidfile import AlreadyRunning, PidFile
+from .pidfile import AlreadyRunningError, PidFile
 
 PROGRAM = "zeoserver"
 log = logging.getLogger("zodbserver.cli")
@@ -61,7 +61,7 @@ def serve(plan: Plan, *, daemon: bool, ready_fd: int | None) -> int:
     pid_file = PidFile(plan.pid_file)
     try:
         pid_file.acquire()
-    except AlreadyRunning as error:
+    except AlreadyRunningError as error:
         return reporter.fail(str(error))
     restart = False
     try:

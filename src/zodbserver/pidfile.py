@@ -14,7 +14,7 @@ import os
 from .errors import ZodbServerError
 
 
-class AlreadyRunning(ZodbServerError):
+class AlreadyRunningError(ZodbServerError):
     def __init__(self, pid: int | None, pid_file: str) -> None:
         self.pid = pid
         shown = f"pid {pid}" if pid else "pid unknown"
@@ -35,7 +35,7 @@ class PidFile:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise AlreadyRunning(read_pid(self.path), self.path) from None
+                raise AlreadyRunningError(read_pid(self.path), self.path) from None
             # The previous owner unlinks the file before it unlocks; if we
             # locked an unlinked file, try again with the new one.
             try:

@@ -86,7 +86,7 @@ def _time_of_day(text: str) -> tuple[int, int, int]:
         numbers = []
     if not 1 <= len(numbers) <= 3 or len(numbers) != len(parts):
         raise argparse.ArgumentTypeError(f"expected HH[:MM[:SS]], not {text!r}")
-    hour, minute, second = (numbers + [0, 0])[:3]
+    hour, minute, second = [*numbers, 0, 0][:3]
     if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 60):
         raise argparse.ArgumentTypeError(f"not a time of day: {text!r}")
     return hour, minute, second

@@ -34,7 +34,7 @@ from ZODB.POSException import ConflictError
 from .. import daemon
 from ..errors import ZodbServerError
 from ..exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_TRY_AGAIN
-from ..pidfile import AlreadyRunning, PidFile, probe
+from ..pidfile import AlreadyRunningError, PidFile, probe
 from .wsgi import load_settings, make_app
 
 PROGRAM = "instance"
@@ -77,7 +77,7 @@ def fg(config_path: str, settings: dict[str, Any], ready_fd: int | None = None) 
     try:
         try:
             pid_file.acquire()
-        except AlreadyRunning as error:
+        except AlreadyRunningError as error:
             return _failed(report, str(error), EXIT_FAILURE)
         try:
             status, problem = _serve(config_path, settings, report)

@@ -142,7 +142,7 @@ _packers = _Packers()
 class Codec:
     """Encode and decode whole message tuples in one encoding."""
 
-    __slots__ = ("encoding", "_find_global")
+    __slots__ = ("_find_global", "encoding")
 
     def __init__(
         self, encoding: bytes, find_global: FindGlobal = plain_data_global

@@ -14,7 +14,7 @@ cannot make us buffer gigabytes before we notice.
 
 from __future__ import annotations
 
-from ..errors import FrameTooLarge
+from ..errors import FrameTooLargeError
 
 #: Large enough for any real ZODB record (ZEO itself has no limit at all).
 DEFAULT_MAX_FRAME_SIZE = 256 * 1024 * 1024
@@ -36,7 +36,7 @@ class FrameDecoder:
     straddle the loop's reads).
     """
 
-    __slots__ = ("_head", "_parts", "_missing", "max_frame_size")
+    __slots__ = ("_head", "_missing", "_parts", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         #: The start of a length prefix (fewer than four bytes).
@@ -57,7 +57,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the payloads completed by them.
 
-        Raises ``FrameTooLarge`` when a length prefix exceeds the maximum.
+        Raises ``FrameTooLargeError`` when a length prefix exceeds the maximum.
         """
         if type(data) is not bytes:
             data = bytes(data)
@@ -84,7 +84,7 @@ class FrameDecoder:
             start = position + _HEADER
             size = int.from_bytes(data[position:start], "big")
             if size > limit:
-                raise FrameTooLarge(
+                raise FrameTooLargeError(
                     f"frame of {size} bytes announced, the limit is {limit}"
                 )
             position = start + size

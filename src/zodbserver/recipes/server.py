@@ -296,7 +296,7 @@ class Recipe:
         path = os.path.join(self.options["bin-directory"], name)
         if "zeopack" not in self.options:
             arguments = ["-a", self.address, "-S", self.storage_number]
-            return path, None, arguments + ["-d", self.options["pack-days"]]
+            return path, None, [*arguments, "-d", self.options["pack-days"]]
         custom = parsed.text("zeopack")
         if not custom:
             return None  # plone.recipe.zeoserver: an empty value, no script

@@ -56,7 +56,7 @@ class Session(TransactionCalls):
     def get_info(self) -> dict[str, Any]:
         return self._hosted.info()
 
-    def lastTransaction(self) -> bytes:  # noqa: N802 - wire name
+    def lastTransaction(self) -> bytes:
         return self.storage.lastTransaction() or z64
 
     def ping(self) -> None:
@@ -68,9 +68,7 @@ class Session(TransactionCalls):
     def set_client_label(self, label: Any) -> None:
         self.peer.label = f"{label} {self.peer.label}"
 
-    async def getInvalidations(  # noqa: N802 - wire name
-        self, tid: bytes
-    ) -> tuple[bytes, list[bytes]] | None:
+    async def getInvalidations(self, tid: bytes) -> tuple[bytes, list[bytes]] | None:
         hosted = self._hosted
         known = hosted.invalidations.since(tid)
         if known is not None:
@@ -84,25 +82,25 @@ class Session(TransactionCalls):
 
     # -- reads ------------------------------------------------------------
 
-    def loadBefore(self, oid: bytes, before: bytes) -> Any:  # noqa: N802
+    def loadBefore(self, oid: bytes, before: bytes) -> Any:
         hosted = self._hosted
         hosted.stats.loads += 1
         return hosted.storage.loadBefore(oid, before)
 
-    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:  # noqa: N802
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
         return self.storage.loadSerial(oid, serial)
 
-    def getTid(self, oid: bytes) -> bytes:  # noqa: N802
+    def getTid(self, oid: bytes) -> bytes:
         return self.storage.getTid(oid)
 
     def history(self, oid: bytes, size: int = 1) -> list[dict[str, Any]]:
         return self.storage.history(oid, size=size)
 
-    def record_iternext(self, next: Any = None) -> Any:  # noqa: A002
+    def record_iternext(self, next_oid: Any = None) -> Any:
         record_iternext = getattr(self.storage, "record_iternext", None)
         if record_iternext is None:
             raise TypeError("the storage does not support record_iternext")
-        return record_iternext(next)
+        return record_iternext(next_oid)
 
     def new_oids(self, n: int = MAX_NEW_OIDS) -> list[bytes]:
         if self.read_only:
@@ -126,12 +124,12 @@ class Session(TransactionCalls):
         logger.info("%s: pack(t=%r) complete", self.peer.label, t)
         hosted.broadcast_info()
 
-    async def undoLog(self, first: int, last: int) -> Any:  # noqa: N802
+    async def undoLog(self, first: int, last: int) -> Any:
         if not self._hosted.info()["supportsUndo"]:
             return ()
         return await self.server.tasks.run_in_thread(self.storage.undoLog, first, last)
 
-    async def undoInfo(self, first: int, last: int, spec: Any) -> Any:  # noqa: N802
+    async def undoInfo(self, first: int, last: int, spec: Any) -> Any:
         if not self._hosted.info()["supportsUndo"]:
             return ()
         return await self.server.tasks.run_in_thread(
@@ -189,7 +187,7 @@ class Session(TransactionCalls):
         if close is not None:
             close()
 
-    async def sendBlob(self, oid: bytes, serial: bytes) -> None:  # noqa: N802
+    async def sendBlob(self, oid: bytes, serial: bytes) -> None:
         path = blob_storage(self.storage).loadBlob(oid, serial)
         await self.peer.send_blob(oid, serial, path)
 

@@ -187,7 +187,7 @@ class _StorageEvents:
             self._hosted.publish_commit, None, tid, list(oids)
         )
 
-    def invalidateCache(self) -> None:  # noqa: N802 - ZODB's name
+    def invalidateCache(self) -> None:
         self._loop.call_soon_threadsafe(self._hosted.reset_clients)
 
     def transform_record_data(self, data: bytes) -> bytes:

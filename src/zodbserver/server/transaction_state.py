@@ -27,7 +27,7 @@ vote's end aborts.  ``end`` -- a finish or abort done, a vote that failed, a
 lost connection -- leaves every state for "no transaction", which is not a
 state here: the session then has no ``TransactionState`` at all.
 
-A step the table does not allow raises ``IllegalTransition`` (the server's
+A step the table does not allow raises ``IllegalTransitionError`` (the server's
 own mistake, never the client's: client calls that do not fit the state are
 refused before they get here), so the rules live in this one place.
 """
@@ -82,8 +82,12 @@ IN_STORAGE = frozenset(
 LOCKED = frozenset({State.VOTING, State.ABORT_REQUESTED, State.VOTED})
 
 
-class IllegalTransition(LocalProtocolError):
+class IllegalTransitionError(LocalProtocolError):
     """The server tried a step its transaction's state does not allow."""
+
+
+# TODO(cleanup): the former name, still imported by tests; remove with them.
+IllegalTransition = IllegalTransitionError
 
 
 class TransactionState:
@@ -100,7 +104,7 @@ class TransactionState:
         try:
             self.state = _TRANSITIONS[self.state, event]
         except KeyError:
-            raise IllegalTransition(
+            raise IllegalTransitionError(
                 f"{event.value!r} is not allowed while {self.state.value}"
             ) from None
         return self.state
