@@ -87,7 +87,7 @@ def test_a_server_sending_garbage_gives_client_disconnected(garbage: bytes) -> N
     server = GarbageServer(garbage)
     started = time.monotonic()
     try:
-        with pytest.raises(ClientDisconnected, match="sent bad data|lost|timed out"):
+        with pytest.raises(ClientDisconnected, match=r"sent bad data|lost|timed out"):
             ClientStorage(server.address, wait_timeout=WAIT)
         assert time.monotonic() - started < WAIT + SLACK
     finally:

@@ -21,7 +21,7 @@ from zodbserver.client.cache import CacheRecord, ClientCache
 from zodbserver.client.cache_file import (
     MAGIC,
     CacheFile,
-    CorruptCacheFile,
+    CorruptCacheFileError,
     cache_path,
     decode_cache,
     encode_cache,
@@ -63,7 +63,7 @@ def test_encode_decode_round_trip(last_tid: bytes, saved: list[CacheRecord]) -> 
     )
 )
 def test_garbage_raises_only_corrupt_cache_file(data: bytes) -> None:
-    with contextlib.suppress(CorruptCacheFile):
+    with contextlib.suppress(CorruptCacheFileError):
         decode_cache(data)
 
 
@@ -74,7 +74,7 @@ def test_any_flipped_byte_is_detected(
     encoded = bytearray(encode_cache(last_tid, saved))
     index = data.draw(st.integers(0, len(encoded) - 1))
     encoded[index] ^= data.draw(st.integers(1, 255))
-    with pytest.raises(CorruptCacheFile):
+    with pytest.raises(CorruptCacheFileError):
         decode_cache(bytes(encoded))
 
 

@@ -298,7 +298,7 @@ def test_record_iternext_walks_current_records(make_client: MakeClient) -> None:
     seen = []
     cursor = None
     while True:
-        oid, tid, data, cursor = client.record_iternext(cursor)
+        oid, _tid, _data, cursor = client.record_iternext(cursor)
         seen.append(oid)
         if cursor is None:
             break

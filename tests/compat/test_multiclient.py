@@ -54,7 +54,7 @@ class Counter(Persistent):
     def __init__(self) -> None:
         self.value = 0
 
-    def _p_resolveConflict(  # noqa: N802 - ZODB's name
+    def _p_resolveConflict(
         self, old: dict[str, Any], committed: dict[str, Any], new: dict[str, Any]
     ) -> dict[str, Any]:
         old_value = old.get("value", 0)

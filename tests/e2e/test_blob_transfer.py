@@ -462,9 +462,12 @@ def test_four_clients_load_concurrently(tmp_path: Path, kind: str) -> None:
                         root = connection.root()
                         # Everyone loads b0 first (the same blob at once),
                         # then the others in an order of their own.
-                        names = ["b0"] + sorted(
-                            set(blobs) - {"b0"}, key=lambda n: hash((n, number))
-                        )
+                        names = [
+                            "b0",
+                            *sorted(
+                                set(blobs) - {"b0"}, key=lambda n: hash((n, number))
+                            ),
+                        ]
                         start.wait()
                         results[number] = {
                             name: read_blob(root[name]) for name in names

@@ -14,6 +14,7 @@ same target runs coverage-guided::
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import sys
 from typing import Any
@@ -85,7 +86,7 @@ def fuzz_frame_decoder(data: bytes) -> None:
 
 def fuzz_codec(encoding: bytes, payload: bytes) -> None:
     def decode() -> None:
-        msgid, flag, name, args = Codec(encoding).decode(payload)
+        _msgid, _flag, name, _args = Codec(encoding).decode(payload)
         assert isinstance(name, str)
 
     _only_documented_errors(f"Codec({encoding!r}).decode", decode)
@@ -239,7 +240,7 @@ def connection_input(draw: st.DrawFn) -> list[bytes]:
         stream += draw(st.binary(max_size=200))
     cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
     points = [0, *cuts, len(stream)]
-    return [stream[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [stream[a:b] for a, b in itertools.pairwise(points)]
 
 
 # -- the pytest face of the fuzz target --------------------------------------

@@ -87,7 +87,7 @@ def test_only_a_value_error_quoting_the_address_escapes(
 @given(any_text)
 def test_split_host_port_raises_only_value_error(text: str) -> None:
     try:
-        host, port = split_host_port(text)
+        _host, port = split_host_port(text)
     except ValueError:
         return
     assert port is None or ":" not in port

@@ -54,7 +54,7 @@ def test_any_zeo_section_loads_or_fails_with_a_configuration_error(
         config = load_config(str(path))
     except ConfigurationError as error:
         message = str(error)
-        assert str(path) in message  # noqa: PT017 - the property is the message
+        assert str(path) in message
         return
     assert config.settings.invalidation_queue_size >= 0
 

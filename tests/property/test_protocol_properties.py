@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -102,7 +103,7 @@ def chunked(data: st.DataObject, stream: bytes) -> list[bytes]:
         label="cuts",
     )
     points = [0, *sorted(cuts), len(stream)]
-    return [stream[start:end] for start, end in zip(points, points[1:], strict=False)]
+    return [stream[start:end] for start, end in itertools.pairwise(points)]
 
 
 def one_byte_at_a_time(stream: bytes) -> list[bytes]:

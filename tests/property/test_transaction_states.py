@@ -117,7 +117,7 @@ async def _interleave(actions: list[tuple[int, str, int]]) -> None:
         calls = [call for client in clients for call in client.calls]
         running = [*calls, *hosted.running, *server.tasks.running()]
         if running:
-            done, pending = await asyncio.wait(running, timeout=STUCK)
+            _done, pending = await asyncio.wait(running, timeout=STUCK)
             assert not pending, pending
         for call in calls:
             if not call.cancelled() and call.exception() is not None:

@@ -306,7 +306,7 @@ def test_zope_missing_fails_the_app_factory(
 
 
 def test_app_factory_names_a_missing_zope_conf(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="no such zope.conf: .*absent.conf"):
+    with pytest.raises(ConfigurationError, match=r"no such zope\.conf: .*absent\.conf"):
         make_zope_app(str(tmp_path / "absent.conf"))
 
 

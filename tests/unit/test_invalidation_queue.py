@@ -35,7 +35,7 @@ def test_cannot_vouch_for_tids_older_than_the_queue() -> None:
 
 
 class StorageWithHistory:
-    def lastInvalidations(self, count: int) -> list[tuple[bytes, list[bytes]]]:  # noqa: N802
+    def lastInvalidations(self, count: int) -> list[tuple[bytes, list[bytes]]]:
         return [(tid(n), [p64(n)]) for n in range(1, 6)][-count:]
 
 

@@ -600,7 +600,7 @@ def test_our_client_output_decodes_with_zeo_server_decoder(protocol: bytes) -> N
 
 def _zeo_client_exception(protocol: bytes, data: bytes) -> Any:
     """What a ZEO 6 client raises for an error reply (see its message_received)."""
-    msgid, flag, name, args = zeo_marshal.decoder(protocol)(_one_payload(data))
+    _msgid, flag, name, args = zeo_marshal.decoder(protocol)(_one_payload(data))
     assert name == ".reply"
     assert flag, "ZEO clients treat only a truthy flag as an error"
     class_name, payload = args

@@ -19,7 +19,7 @@ Format (all integers big-endian)::
 
 Records are in least-recently-used-first order, so eviction order survives.
 A file that does not parse, or whose count or checksum is wrong, raises
-``CorruptCacheFile``; the storage then moves it aside as ``<name>.bad``,
+``CorruptCacheFileError``; the storage then moves it aside as ``<name>.bad``,
 logs a warning and starts with an empty cache.
 
 The file is guarded by ``<name>.lock`` (``zc.lockfile``): a second process
@@ -47,7 +47,7 @@ _RECORD = struct.Struct(">c8s8s8sI")
 _TRAILER = struct.Struct(">cQI")
 
 
-class CorruptCacheFile(ZodbServerError):
+class CorruptCacheFileError(ZodbServerError):
     """A cache file's bytes are not a valid snapshot."""
 
 
@@ -67,16 +67,16 @@ def encode_cache(last_tid: bytes, records: Iterable[CacheRecord]) -> bytes:
 
 
 def decode_cache(data: bytes) -> tuple[bytes, list[CacheRecord]]:
-    """``(last_tid, records)`` from a file's bytes; ``CorruptCacheFile`` else."""
+    """``(last_tid, records)`` from a file's bytes; ``CorruptCacheFileError`` else."""
     header = len(MAGIC) + 8
     if len(data) < header + _TRAILER.size or data[: len(MAGIC)] != MAGIC:
-        raise CorruptCacheFile("not a zodbserver cache file")
+        raise CorruptCacheFileError("not a zodbserver cache file")
     body_end = len(data) - _TRAILER.size
     marker, count, checksum = _TRAILER.unpack_from(data, body_end)
     with memoryview(data) as view:
         body_checksum = zlib.crc32(view[:body_end])
     if marker != b"e" or body_checksum != checksum:
-        raise CorruptCacheFile("cache file checksum mismatch")
+        raise CorruptCacheFileError("cache file checksum mismatch")
     last_tid = data[len(MAGIC) : header]
     records: list[CacheRecord] = []
     append = records.append
@@ -85,19 +85,19 @@ def decode_cache(data: bytes) -> tuple[bytes, list[CacheRecord]]:
     position = header
     while position < body_end:
         if body_end - position < header_size:
-            raise CorruptCacheFile(f"truncated record at byte {position}")
+            raise CorruptCacheFileError(f"truncated record at byte {position}")
         marker, oid, start, end, size = unpack(data, position)
         first = position + header_size
         position = first + size
         if marker != b"r" or position > body_end:
-            raise CorruptCacheFile(f"bad record at byte {first - header_size}")
+            raise CorruptCacheFileError(f"bad record at byte {first - header_size}")
         if end == z64:
             end = None
         elif end <= start:
-            raise CorruptCacheFile(f"record ends before it starts at {first}")
+            raise CorruptCacheFileError(f"record ends before it starts at {first}")
         append(CacheRecord(oid, start, end, data[first:position]))
     if len(records) != count:
-        raise CorruptCacheFile("cache file record count mismatch")
+        raise CorruptCacheFileError("cache file record count mismatch")
     return last_tid, records
 
 
@@ -125,7 +125,7 @@ class CacheFile:
             return
         try:
             last_tid, records = decode_cache(data)
-        except CorruptCacheFile as exc:
+        except CorruptCacheFileError as exc:
             logger.warning(
                 "the cache file %s is damaged (%s); moved to %s.bad, starting empty",
                 self.path,

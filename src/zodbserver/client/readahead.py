@@ -57,7 +57,7 @@ BINPERSID = pickle.BINPERSID
 
 
 class _Parent:
-    __slots__ = ("references", "misses", "window", "requested")
+    __slots__ = ("misses", "references", "requested", "window")
 
     def __init__(self, references: list[bytes], window: int) -> None:
         self.references = references

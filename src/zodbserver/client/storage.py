@@ -426,7 +426,7 @@ class ClientStorage(TwoPhaseCommit):
             path = self.loadBlob(oid, serial)
             try:
                 if blob is None:
-                    return open(path, "rb")  # noqa: SIM115 (the caller closes it)
+                    return open(path, "rb")
                 return ZODB.blob.BlobFile(path, "r", blob)
             except FileNotFoundError:  # pruned between load and open
                 if attempt:
