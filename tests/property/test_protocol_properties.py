@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zodbserver.errors import FrameTooLarge, RemoteProtocolError
+from zodbserver.errors import FrameTooLargeError, RemoteProtocolError
 from zodbserver.protocol import (
     MSGPACK,
     PICKLE,
@@ -198,7 +198,7 @@ def test_oversized_frame_is_refused_on_the_last_header_byte(
     assert decoder.feed(before + header[:split]) == prefix
     for index in range(split, 3):
         assert decoder.feed(header[index : index + 1]) == []
-    with pytest.raises(FrameTooLarge):
+    with pytest.raises(FrameTooLargeError):
         decoder.feed(header[3:])
 
 

@@ -24,7 +24,7 @@ from zodbserver.server.settings import ServerSettings
 from zodbserver.server.storage_server import StorageServer
 from zodbserver.server.transaction_state import (
     Event,
-    IllegalTransition,
+    IllegalTransitionError,
     State,
     TransactionState,
 )
@@ -177,10 +177,10 @@ def test_a_planted_fault_fails_the_interleaving_instead_of_hanging(
 
 def test_steps_the_table_does_not_allow_are_refused() -> None:
     state = TransactionState()
-    with pytest.raises(IllegalTransition, match="'finish' is not allowed while"):
+    with pytest.raises(IllegalTransitionError, match="'finish' is not allowed while"):
         state.process(Event.FINISH)
     assert state.process(Event.VOTE) is State.AWAITING_LOCK
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalTransitionError):
         state.process(Event.VOTED)  # not before the lock is granted
     assert state.process(Event.LOCK_GRANTED) is State.VOTING
     assert state.locked
@@ -189,5 +189,5 @@ def test_steps_the_table_does_not_allow_are_refused() -> None:
     assert state.process(Event.FINISH) is State.FINISHING
     assert state.in_storage
     assert not state.locked
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalTransitionError):
         state.process(Event.ABORT)

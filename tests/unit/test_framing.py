@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zodbserver.errors import FrameTooLarge, RemoteProtocolError
+from zodbserver.errors import FrameTooLargeError, RemoteProtocolError
 from zodbserver.protocol import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 
 
@@ -87,7 +87,7 @@ def test_oversized_length_is_refused_as_soon_as_the_header_arrives() -> None:
     decoder = FrameDecoder(max_frame_size=10)
     header = (11).to_bytes(4, "big")
     assert decoder.feed(header[:3]) == []
-    with pytest.raises(FrameTooLarge, match="11"):
+    with pytest.raises(FrameTooLargeError, match="11"):
         decoder.feed(header[3:])
     # Nothing but the header was ever buffered: no body was waited for.
     assert decoder.pending <= 4
@@ -95,13 +95,13 @@ def test_oversized_length_is_refused_as_soon_as_the_header_arrives() -> None:
 
 def test_oversized_length_refused_without_any_body_bytes() -> None:
     decoder = FrameDecoder()
-    with pytest.raises(FrameTooLarge):
+    with pytest.raises(FrameTooLargeError):
         decoder.feed(b"\xff\xff\xff\xff")
 
 
 def test_oversized_second_frame_is_refused_after_the_first_completes() -> None:
     decoder = FrameDecoder(max_frame_size=10)
-    with pytest.raises(FrameTooLarge):
+    with pytest.raises(FrameTooLargeError):
         decoder.feed(encode_frame(b"ok") + (1000).to_bytes(4, "big"))
 
 
@@ -114,12 +114,12 @@ def test_frame_of_exactly_the_maximum_is_allowed() -> None:
 def test_zero_maximum_still_allows_empty_frames() -> None:
     decoder = FrameDecoder(max_frame_size=0)
     assert decoder.feed(b"\x00\x00\x00\x00") == [b""]
-    with pytest.raises(FrameTooLarge):
+    with pytest.raises(FrameTooLargeError):
         decoder.feed(b"\x00\x00\x00\x01")
 
 
 def test_frame_too_large_is_a_remote_protocol_error() -> None:
-    assert issubclass(FrameTooLarge, RemoteProtocolError)
+    assert issubclass(FrameTooLargeError, RemoteProtocolError)
 
 
 def test_default_maximum_is_generous_but_bounded() -> None:
