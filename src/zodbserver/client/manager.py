@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 class ConnectionListener(Protocol):
     """What the manager tells the storage (called on the loop thread)."""
 
-    def notify_connected(self) -> None: ...
+    def notify_connected(self, state: ConnectionState) -> None: ...
 
     def notify_disconnected(self) -> None: ...
 
@@ -323,7 +323,7 @@ class ConnectionManager(RequestRouting):
         )
         # Waiting calls are coroutines on this loop: they resume only after
         # the storage has taken in the new connection.
-        self.listener.notify_connected()
+        self.listener.notify_connected(self.state)
         self._connected.set()
         self._start_heartbeat()
         logger.info("connected to %r (%s)", link.address, verify_result)

@@ -37,6 +37,7 @@ from .connection import ClientThread
 from .exceptions import ClientDisconnected
 from .iterators import IteratorRegistry, TransactionIterator
 from .manager import ConnectionManager
+from .state import ConnectionState
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +186,9 @@ class ClientStorage(TwoPhaseCommit):
 
     # -- the listener side: called on the connection thread ---------------
 
-    def notify_connected(self) -> None:
-        state = self._manager.state
+    def notify_connected(self, state: ConnectionState) -> None:
+        # ``state`` is passed: the first connection may be made before the
+        # constructor has even stored the manager.
         interfaces = {tuple(item) for item in state.info.get("interfaces", ())}
         optional: tuple[Any, ...] = _OPTIONAL_INTERFACES
         if self._blobs is not None:
