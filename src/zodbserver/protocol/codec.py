@@ -25,7 +25,7 @@ import io
 import pickle
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import msgpack
 
@@ -56,14 +56,14 @@ def _refuse_extension_codes(payload: bytes) -> None:
 
 
 #: Resolves ``(module, name)`` from a pickle to an object, or raises.
-FindGlobal = Callable[[str, str], Any]
+FindGlobal = Callable[[str, str], object]
 
 _PLAIN_CONTAINERS: dict[tuple[str, str], type] = {
     ("builtins", kind.__name__): kind for kind in (dict, list, tuple, set, frozenset)
 }
 
 
-def plain_data_global(module: str, name: str) -> Any:
+def plain_data_global(module: str, name: str) -> type:
     """The default policy: plain container types and nothing else."""
     try:
         return _PLAIN_CONTAINERS[module, name]
@@ -78,20 +78,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(payload))
         self._find_global = find_global
 
-    def find_class(self, module: str, name: str) -> Any:
+    def find_class(self, module: str, name: str) -> object:
         return self._find_global(module, name)
 
-    def persistent_load(self, pid: Any) -> Any:
+    def persistent_load(self, pid: object) -> NoReturn:
         raise pickle.UnpicklingError("persistent references are not allowed")
 
 
-def exception_payload(exc: BaseException) -> tuple[str, Any]:
+def exception_payload(
+    exc: BaseException,
+) -> tuple[str, dict[str, Any] | tuple[Any, ...]]:
     """The ``(class_name, payload)`` pair an error reply carries."""
     cls = type(exc)
     return f"{cls.__module__}.{cls.__qualname__}", (exc.__dict__ or exc.args)
 
 
-def _msgpack_default(obj: Any) -> Any:
+def _msgpack_default(obj: object) -> tuple[object, ...]:
     if isinstance(obj, BaseException):
         return exception_payload(obj)
     if isinstance(obj, set | frozenset):
@@ -99,7 +101,7 @@ def _msgpack_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
-def _without_sets(value: Any) -> Any:
+def _without_sets(value: object) -> object:
     """Sets as tuples: pickling a set names ``builtins.set``, a global that
     ZEO clients (and we) refuse to unpickle.  msgpack does this in
     ``_msgpack_default``."""

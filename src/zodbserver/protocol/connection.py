@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -46,6 +46,7 @@ from .messages import (
     Event,
     Handshake,
     Heartbeat,
+    MessageId,
     Reply,
     StatusProbe,
 )
@@ -238,7 +239,7 @@ class ServerConnection(_Connection):
             msgid = tuple(msgid)
         return Call(msgid, name, _as_args(args))
 
-    def reply(self, msgid: Any, result: Any) -> bytes:
+    def reply(self, msgid: MessageId, result: object) -> bytes:
         """Bytes for a reply; an unencodable result becomes an error reply."""
         try:
             return self._encode((msgid, 0, REPLY, result))
@@ -248,7 +249,7 @@ class ServerConnection(_Connection):
             logger.exception("cannot encode the reply to message %r", msgid)
             return self.error(msgid, ValueError("Couldn't pickle response"))
 
-    def error(self, msgid: Any, exc: BaseException) -> bytes:
+    def error(self, msgid: MessageId, exc: BaseException) -> bytes:
         """Bytes for an error reply in the shape ZEO clients decode."""
         name, payload = codec_module.exception_payload(exc)
         try:
@@ -259,7 +260,7 @@ class ServerConnection(_Connection):
             return self._encode((msgid, 2, REPLY, (name, (str(exc),))))
 
     @staticmethod
-    def status(status: dict[str, Any]) -> bytes:
+    def status(status: Mapping[str, object]) -> bytes:
         """The answer to a ``ruok`` probe: one frame of ASCII JSON."""
         return encode_frame(json.dumps(status).encode("ascii"))
 
@@ -307,7 +308,7 @@ class ClientConnection(_Connection):
             return ErrorReply(msgid, class_name, payload)
         return AsyncCall(name, _as_args(args))
 
-    def call(self, msgid: Any, method: str, args: tuple[Any, ...]) -> bytes:
+    def call(self, msgid: MessageId, method: str, args: tuple[Any, ...]) -> bytes:
         return self._encode((msgid, False, method, args))
 
     def heartbeat(self) -> bytes:

@@ -11,7 +11,7 @@ Every frame after the handshake is the 4-tuple ``(msgid, flag, name, args)``:
 * ``Heartbeat``  ``(-1, 0, ".reply", None)`` -- a client keep-alive.
 
 ``msgid`` is usually an int, but ZEO clients use the tuple ``(oid, tid)``
-for ``loadBefore``; it must be echoed back verbatim.
+for ``loadBefore``; it must be echoed back verbatim (``MessageId``).
 
 Two pseudo-events come from the handshake: ``Handshake`` (the peer chose a
 protocol) and ``StatusProbe`` (a ``ruok`` request instead of a handshake).
@@ -21,6 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+#: A call's message id, as the server checks it: an int, or a ``loadBefore``
+#: call's ``(oid, tid)``.
+MessageId = int | tuple[bytes, ...]
 
 REPLY = ".reply"
 HEARTBEAT_MSGID = -1
@@ -45,7 +49,7 @@ class StatusProbe:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    msgid: Any
+    msgid: MessageId
     method: str
     args: tuple[Any, ...]
 

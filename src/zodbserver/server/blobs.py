@@ -22,22 +22,28 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any
+from typing import TypeGuard
 
 from ZODB.POSException import StorageTransactionError
 
+from .storage_api import BlobStorage, ServedStorage
 
-def blob_storage(storage: Any) -> Any:
+
+def blob_storage(storage: ServedStorage) -> BlobStorage:
     """``storage`` if it stores blobs; a clear error otherwise."""
-    if not hasattr(storage, "storeBlob") or not hasattr(storage, "loadBlob"):
+    if not _stores_blobs(storage):
         raise TypeError("this storage has no blob directory")
     return storage
+
+
+def _stores_blobs(storage: ServedStorage) -> TypeGuard[BlobStorage]:
+    return hasattr(storage, "storeBlob") and hasattr(storage, "loadBlob")
 
 
 class BlobUpload:
     """One streamed blob being received into a temporary file."""
 
-    def __init__(self, storage: Any) -> None:
+    def __init__(self, storage: ServedStorage) -> None:
         directory = blob_storage(storage).temporaryDirectory()
         descriptor, self.path = tempfile.mkstemp(suffix=".upload", dir=directory)
         self._file = os.fdopen(descriptor, "wb")
@@ -55,7 +61,7 @@ class BlobUpload:
         remove_quietly(self.path)
 
 
-def shared_blob_path(storage: Any, oid: bytes, name: str) -> str:
+def shared_blob_path(storage: ServedStorage, oid: bytes, name: str) -> str:
     """The path of a blob file a client wrote into the shared directory."""
     acceptable = name.endswith(".tmp") or name[:-1].endswith(".tmp")
     if (

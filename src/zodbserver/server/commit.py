@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Final, Literal, Protocol, TypedDict
 
 from ZODB.Connection import TransactionMetaData
 
@@ -90,30 +91,53 @@ class CommitLock:
             self._timer = loop.call_later(self.timeout, holder.on_transaction_timeout)
 
 
-# Operations buffered before the vote, replayed in order under the lock.
-STORE = "store"
-CHECK_READ = "checkread"
-DELETE = "delete"
-RESTORE = "restore"
-UNDO = "undo"
+# Operations buffered before the vote, replayed in order under the lock:
+# tuples whose first item names the operation.
+STORE: Final = "store"
+CHECK_READ: Final = "checkread"
+DELETE: Final = "delete"
+RESTORE: Final = "restore"
+UNDO: Final = "undo"
+
+#: ``(STORE, oid, serial, data)``; no serial for a new object.
+Store = tuple[Literal["store"], bytes, bytes | None, bytes]
+#: ``(CHECK_READ, oid, serial)``
+CheckRead = tuple[Literal["checkread"], bytes, bytes | None]
+#: ``(DELETE, oid, serial)``
+Delete = tuple[Literal["delete"], bytes, bytes]
+#: ``(RESTORE, oid, serial, data, prev_txn)``
+Restore = tuple[Literal["restore"], bytes, bytes, bytes | None, bytes | None]
+#: ``(UNDO, transaction_id)``
+Undo = tuple[Literal["undo"], bytes]
+Operation = Store | CheckRead | Delete | Restore | Undo
 
 
 @dataclass
 class PendingTransaction:
     """What one client sent between ``tpc_begin`` and its vote."""
 
-    token: Any
+    token: Hashable
     metadata: TransactionMetaData
     tid: bytes | None = None
     status: str = " "
-    operations: list[tuple[Any, ...]] = field(default_factory=list)
+    operations: list[Operation] = field(default_factory=list)
     #: (oid, serial, data, path): replayed after ``operations``, so that a
     #: blob store wins over the plain store ZEO clients send before it.
     blobs: list[tuple[bytes, bytes | None, bytes, str]] = field(default_factory=list)
     state: TransactionState = field(default_factory=TransactionState)
 
-    def add(self, operation: str, *args: Any) -> None:
-        self.operations.append((operation, *args))
+    def add(self, operation: Operation) -> None:
+        self.operations.append(operation)
+
+
+class Conflict(TypedDict):
+    """A conflict the client resolves (client-side conflict resolution)."""
+
+    oid: bytes
+    #: ``(committed_serial, old_serial)``, as in ZODB's ``ConflictError``.
+    serials: tuple[bytes, bytes]
+    #: The data the client stored.
+    data: bytes
 
 
 @dataclass
@@ -122,4 +146,4 @@ class VoteResult:
 
     resolved: list[bytes]
     invalidated: list[bytes]
-    conflicts: list[dict[str, Any]]
+    conflicts: list[Conflict]

@@ -18,13 +18,14 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from ..addresses import Address
 from ..exit_codes import EXIT_OK, EXIT_RESTART
 from .memory import TrimTimer, tune_malloc
 from .settings import ServerSettings
+from .storage_api import ServedStorage
 from .storage_server import StorageServer
 from .transport import ServerProtocol
 
@@ -36,7 +37,7 @@ SHUTDOWN_GRACE = 30.0
 
 async def serve(
     settings: ServerSettings,
-    storages: Mapping[str, Any],
+    storages: Mapping[str, ServedStorage],
     *,
     stop: asyncio.Event | None = None,
     ready: Callable[[Address], None] | None = None,
@@ -115,7 +116,7 @@ def _remove_stale_socket(path: str) -> None:
 
 def run(
     settings: ServerSettings,
-    storages: Mapping[str, Any],
+    storages: Mapping[str, ServedStorage],
     *,
     reopen_logs: Callable[[], None] | None = None,
     ready: Callable[[Address], None] | None = None,
@@ -168,7 +169,7 @@ def _write_pid_file(path: str) -> None:
     os.replace(temporary, path)
 
 
-def _event_loop_runner() -> Callable[[Any], Any]:
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     """uvloop's runner when it is installed, asyncio's otherwise."""
     try:
         import uvloop

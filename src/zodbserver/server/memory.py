@@ -14,7 +14,10 @@ import ctypes
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr
 
 #: glibc's ``mallopt`` parameters (malloc.h) and what the server sets them to.
 _M_TRIM_THRESHOLD = -1
@@ -33,12 +36,13 @@ IDLE_CPU = 0.01
 
 
 @functools.cache
-def _libc_function(name: str) -> Any:
+def _libc_function(name: str) -> CFuncPtr | None:
     """``name`` from the C library, or None where it has no such function."""
     try:
-        return getattr(ctypes.CDLL(None), name)
+        function: CFuncPtr = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
+    return function
 
 
 def tune_malloc() -> bool:

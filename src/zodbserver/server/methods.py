@@ -12,7 +12,7 @@ an obscure failure deep inside a storage.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +109,7 @@ def _flag(value: Any) -> bool:
     raise ArgumentError("a boolean")
 
 
-def _mapping(value: Any) -> dict[Any, Any]:
+def _mapping(value: Any) -> dict[Hashable, object]:
     if isinstance(value, dict):
         return value
     raise ArgumentError("a mapping")
@@ -121,12 +121,13 @@ def _integers(value: Any) -> list[int]:
     raise ArgumentError("a list of integers")
 
 
-def _token(value: Any) -> Any:
+def _token(value: Any) -> Hashable:
     try:
         hash(value)
     except (TypeError, RecursionError):
         raise ArgumentError("a hashable transaction token") from None
-    return value
+    token: Hashable = value
+    return token
 
 
 #: Longest client label kept for log lines.

@@ -19,11 +19,12 @@ it is), so a client that saw it still sees every later commit as newer.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from ZODB.FileStorage import FileStorage
 from ZODB.utils import u64, z64
 from zope.proxy import removeAllProxies
+
+from .storage_api import ServedStorage
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 _DATA_START = 4
 
 
-def forget_unfinished_transaction(name: str, storage: Any) -> None:
+def forget_unfinished_transaction(name: str, storage: ServedStorage) -> None:
     """Make ``storage.lastTransaction()`` name its last committed tid."""
     file_storage = removeAllProxies(storage)
     if not isinstance(file_storage, FileStorage):
@@ -54,13 +55,13 @@ def forget_unfinished_transaction(name: str, storage: Any) -> None:
 
 def _last_committed_tid(storage: FileStorage) -> bytes:
     """The tid of the transaction that ends the file's committed data."""
+    tid: bytes = z64  # no transaction at all
     end = storage._pos
-    if end <= _DATA_START:
-        return z64
-    file = storage._file
-    file.seek(end - 8)
-    # Each transaction record ends with its length (without those 8 bytes).
-    length = u64(file.read(8))
-    file.seek(end - 8 - length)
-    tid: bytes = file.read(8)
+    if end > _DATA_START:
+        file = storage._file
+        file.seek(end - 8)
+        # Each transaction record ends with its length (without those 8 bytes).
+        length = u64(file.read(8))
+        file.seek(end - 8 - length)
+        tid = file.read(8)
     return tid

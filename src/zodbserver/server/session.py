@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ZODB.POSException import (
@@ -21,11 +21,25 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64, z64
 
 from .blobs import blob_storage
+from .status import StorageStatus
+from .storage_api import (
+    DataRecord,
+    LoadResult,
+    RecordIteration,
+    ServedStorage,
+    TransactionRecord,
+)
+from .storage_server import StorageInfo
 from .transaction_calls import TransactionCalls
 
 logger = logging.getLogger(__name__)
 
 MAX_NEW_OIDS = 100
+
+#: ``iterator_next``'s answer: ``(tid, status, user, description, extension)``.
+TransactionHeader = tuple[bytes, str, bytes, bytes, dict[str, Any]]
+#: ``iterator_record_next``'s answer: ``(oid, tid, data, data_txn)``.
+RecordHeader = tuple[bytes, bytes, bytes | None, bytes | None]
 
 
 class Session(TransactionCalls):
@@ -53,7 +67,7 @@ class Session(TransactionCalls):
         )
         return self.last_tid
 
-    def get_info(self) -> dict[str, Any]:
+    def get_info(self) -> StorageInfo:
         return self._hosted.info()
 
     def lastTransaction(self) -> bytes:
@@ -62,10 +76,10 @@ class Session(TransactionCalls):
     def ping(self) -> None:
         return None
 
-    def server_status(self) -> dict[str, Any]:
+    def server_status(self) -> StorageStatus:
         return self._hosted.status()
 
-    def set_client_label(self, label: Any) -> None:
+    def set_client_label(self, label: str) -> None:
         self.peer.label = f"{label} {self.peer.label}"
 
     async def getInvalidations(self, tid: bytes) -> tuple[bytes, list[bytes]] | None:
@@ -82,7 +96,7 @@ class Session(TransactionCalls):
 
     # -- reads ------------------------------------------------------------
 
-    def loadBefore(self, oid: bytes, before: bytes) -> Any:
+    def loadBefore(self, oid: bytes, before: bytes) -> LoadResult:
         hosted = self._hosted
         hosted.stats.loads += 1
         return hosted.storage.loadBefore(oid, before)
@@ -96,8 +110,10 @@ class Session(TransactionCalls):
     def history(self, oid: bytes, size: int = 1) -> list[dict[str, Any]]:
         return self.storage.history(oid, size=size)
 
-    def record_iternext(self, next_oid: Any = None) -> Any:
-        record_iternext = getattr(self.storage, "record_iternext", None)
+    def record_iternext(self, next_oid: bytes | None = None) -> RecordIteration:
+        record_iternext: Callable[[bytes | None], RecordIteration] | None = getattr(
+            self.storage, "record_iternext", None
+        )
         if record_iternext is None:
             raise TypeError("the storage does not support record_iternext")
         return record_iternext(next_oid)
@@ -124,12 +140,14 @@ class Session(TransactionCalls):
         logger.info("%s: pack(t=%r) complete", self.peer.label, t)
         hosted.broadcast_info()
 
-    async def undoLog(self, first: int, last: int) -> Any:
+    async def undoLog(self, first: int, last: int) -> Sequence[dict[str, Any]]:
         if not self._hosted.info()["supportsUndo"]:
             return ()
         return await self.server.tasks.run_in_thread(self.storage.undoLog, first, last)
 
-    async def undoInfo(self, first: int, last: int, spec: Any) -> Any:
+    async def undoInfo(
+        self, first: int, last: int, spec: dict[str, Any] | None
+    ) -> Sequence[dict[str, Any]]:
         if not self._hosted.info()["supportsUndo"]:
             return ()
         return await self.server.tasks.run_in_thread(
@@ -143,9 +161,11 @@ class Session(TransactionCalls):
         self._iterators[iid] = iter(self.storage.iterator(start, stop))
         return iid
 
-    async def iterator_next(self, iid: int) -> Any:
+    async def iterator_next(self, iid: int) -> TransactionHeader | None:
         iterator = self._iterator(iid)
-        info = await self.server.tasks.run_in_thread(next, iterator, None)
+        info: TransactionRecord | None = await self.server.tasks.run_in_thread(
+            next, iterator, None
+        )
         if info is None:
             self._forget_iterator(iid)
             return None
@@ -163,9 +183,11 @@ class Session(TransactionCalls):
         self._iterators[iid] = iter(info)
         return iid
 
-    async def iterator_record_next(self, iid: int) -> Any:
+    async def iterator_record_next(self, iid: int) -> RecordHeader | None:
         iterator = self._iterator(iid)
-        record = await self.server.tasks.run_in_thread(next, iterator, None)
+        record: DataRecord | None = await self.server.tasks.run_in_thread(
+            next, iterator, None
+        )
         if record is None:
             self._forget_iterator(iid)
             return None
@@ -222,7 +244,9 @@ class Session(TransactionCalls):
             self._end_transaction(aborted=True)
 
 
-def _scan_invalidations(storage: Any, tid: bytes) -> tuple[bytes, list[bytes]] | None:
+def _scan_invalidations(
+    storage: ServedStorage, tid: bytes
+) -> tuple[bytes, list[bytes]] | None:
     """Oids changed after ``tid``, read from the storage (slow; a thread)."""
     oids: set[bytes] = set()
     latest = None
@@ -234,5 +258,5 @@ def _scan_invalidations(storage: Any, tid: bytes) -> tuple[bytes, list[bytes]] |
     return latest, list(oids)
 
 
-def _pack(storage: Any, t: float) -> None:
+def _pack(storage: ServedStorage, t: float) -> None:
     storage.pack(t, referencesf)

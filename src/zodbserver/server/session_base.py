@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from .blobs import BlobUpload
 from .commit import PendingTransaction, VoteResult
+from .storage_api import ServedStorage, TransactionRecord
 from .storage_server import HostedStorage, StorageServer
 
 logger = logging.getLogger(__name__)
@@ -48,14 +49,14 @@ class SessionBase:
         self._async_error: Exception | None = None
         self._upload: BlobUpload | None = None
         self._iterators: dict[int, Iterator[Any]] = {}
-        self._last_transaction_info: dict[int, Any] = {}
+        self._last_transaction_info: dict[int, TransactionRecord] = {}
         self._iterator_ids = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"<Session {self.peer.label}>"
 
     @property
-    def storage(self) -> Any:
+    def storage(self) -> ServedStorage:
         assert self.hosted is not None
         return self.hosted.storage
 

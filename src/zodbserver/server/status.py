@@ -8,7 +8,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
+
+#: One storage's status, in ZEO's keys (``server_status()``, ``ruok``).
+StorageStatus = TypedDict(
+    "StorageStatus",
+    {
+        "connections": int,
+        "loads": int,
+        "stores": int,
+        "commits": int,
+        "aborts": int,
+        "active_txns": int,
+        "lock_time": float | None,
+        "conflicts": int,
+        "conflicts_resolved": int,
+        "start": str,
+        "waiting": int,
+        "timeout-thread-is-alive": bool,
+        "last-transaction": str,
+    },
+)
 
 
 @dataclass
@@ -30,7 +50,7 @@ class StorageStats:
         lock_time: float | None,
         timeout_active: bool,
         last_transaction: bytes,
-    ) -> dict[str, Any]:
+    ) -> StorageStatus:
         return {
             "connections": connections,
             "loads": self.loads,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import zope.interface
 from ZODB.POSException import ConflictError
@@ -27,13 +27,31 @@ from .commit import CommitLock
 from .invalidations import InvalidationQueue
 from .recovery import forget_unfinished_transaction
 from .settings import ServerSettings
-from .status import StorageStats
+from .status import StorageStats, StorageStatus
+from .storage_api import ServedStorage
 from .storage_thread import StorageThread
 from .tasks import ServerTasks
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class SizeInfo(TypedDict):
+    """The ``info`` a client is sent after each commit and pack."""
+
+    length: int
+    size: int
+
+
+class StorageInfo(SizeInfo):
+    """``get_info``'s answer, in ZEO's keys."""
+
+    name: str
+    supportsUndo: bool
+    supports_record_iternext: bool
+    #: ``(module, name)`` of every interface the storage provides.
+    interfaces: tuple[tuple[str, str], ...]
 
 
 class Subscriber(Protocol):
@@ -62,7 +80,9 @@ def _refuse_conflict_resolution(
 class HostedStorage:
     """One storage, as all of its clients share it."""
 
-    def __init__(self, name: str, storage: Any, settings: ServerSettings) -> None:
+    def __init__(
+        self, name: str, storage: ServedStorage, settings: ServerSettings
+    ) -> None:
         self.name = name
         self.storage = storage
         self.settings = settings
@@ -105,13 +125,15 @@ class HostedStorage:
 
     # -- what clients are told ------------------------------------------
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> StorageInfo:
         storage = self.storage
         interfaces = tuple(
             (iface.__module__, iface.__name__)
             for iface in zope.interface.providedBy(storage).__iro__
         )
-        supports_undo = getattr(storage, "supportsUndo", None)
+        supports_undo: Callable[[], bool] | None = getattr(
+            storage, "supportsUndo", None
+        )
         return {
             "length": len(storage),
             "size": storage.getSize(),
@@ -121,10 +143,10 @@ class HostedStorage:
             "interfaces": interfaces,
         }
 
-    def size_info(self) -> dict[str, int]:
+    def size_info(self) -> SizeInfo:
         return {"length": len(self.storage), "size": self.storage.getSize()}
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StorageStatus:
         lock = self.commit_lock
         return self.stats.report(
             connections=len(self.sessions),
@@ -200,7 +222,9 @@ class _StorageEvents:
 class StorageServer:
     """Every hosted storage, by the name clients register with."""
 
-    def __init__(self, storages: Mapping[str, Any], settings: ServerSettings) -> None:
+    def __init__(
+        self, storages: Mapping[str, ServedStorage], settings: ServerSettings
+    ) -> None:
         if not storages:
             raise ValueError("a server needs at least one storage")
         self.settings = settings
@@ -215,7 +239,7 @@ class StorageServer:
         for hosted in self.hosted.values():
             hosted.attach(loop)
 
-    def ruok(self) -> dict[str, Any]:
+    def ruok(self) -> dict[str, StorageStatus]:
         return {name: hosted.status() for name, hosted in self.hosted.items()}
 
     def close_storages(self) -> None:

@@ -17,6 +17,14 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: A queued call: the loop and future its outcome goes to, what to call.
+_Call = tuple[
+    asyncio.AbstractEventLoop,
+    asyncio.Future[Any],
+    Callable[..., Any],
+    tuple[Any, ...],
+]
+
 
 class StorageThread:
     """One thread that runs a storage's transaction calls, one at a time.
@@ -30,7 +38,8 @@ class StorageThread:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Calls to run, then None to end the thread.
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def submit(

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ..addresses import DEFAULT_HOST, Address
 from .main import serve
 from .settings import ServerSettings
+from .storage_api import ServedStorage
+
+T = TypeVar("T")
 
 
 class ServerThread:
     def __init__(
         self,
-        storages: Mapping[str, Any],
+        storages: Mapping[str, ServedStorage],
         settings: ServerSettings | None = None,
         **options: Any,
     ) -> None:
@@ -63,11 +66,11 @@ class ServerThread:
         if self._thread.is_alive():
             raise TimeoutError("the server did not stop")
 
-    def call(self, function: Any, *args: Any) -> Any:
+    def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` on the server's loop and return its result."""
         assert self._loop is not None
 
-        async def wrapper() -> Any:
+        async def wrapper() -> T:
             return function(*args)
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(30)

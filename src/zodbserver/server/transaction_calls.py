@@ -17,7 +17,7 @@ connection.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Hashable
 
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import (
@@ -27,8 +27,8 @@ from ZODB.POSException import (
 )
 
 from . import commit
-from .blobs import BlobUpload, remove_quietly, shared_blob_path
-from .commit import PendingTransaction, VoteResult
+from .blobs import BlobUpload, blob_storage, remove_quietly, shared_blob_path
+from .commit import Conflict, PendingTransaction, VoteResult
 from .session_base import SessionBase
 from .transaction_state import Event, State
 
@@ -42,10 +42,10 @@ class TransactionCalls(SessionBase):
 
     def tpc_begin(
         self,
-        token: Any,
+        token: Hashable,
         user: bytes | str,
         description: bytes | str,
-        extension: dict[Any, Any],
+        extension: dict[Hashable, object],
         tid: bytes | None = None,
         status: str = " ",
     ) -> None:
@@ -62,7 +62,7 @@ class TransactionCalls(SessionBase):
         self.transaction = PendingTransaction(token, metadata, tid, status)
         self._hosted.stats.active_txns += 1
 
-    def _pending(self, token: Any) -> PendingTransaction:
+    def _pending(self, token: Hashable) -> PendingTransaction:
         txn = self.transaction
         if txn is None:
             raise StorageTransactionError(None, token)
@@ -72,17 +72,19 @@ class TransactionCalls(SessionBase):
             raise StorageTransactionError("the transaction is already voting")
         return txn
 
-    def storea(self, oid: bytes, serial: bytes, data: bytes, token: Any) -> None:
-        self._pending(token).add(commit.STORE, oid, serial, data)
+    def storea(
+        self, oid: bytes, serial: bytes | None, data: bytes, token: Hashable
+    ) -> None:
+        self._pending(token).add((commit.STORE, oid, serial, data))
         self._hosted.stats.stores += 1
 
     def checkCurrentSerialInTransaction(
-        self, oid: bytes, serial: bytes, token: Any
+        self, oid: bytes, serial: bytes | None, token: Hashable
     ) -> None:
-        self._pending(token).add(commit.CHECK_READ, oid, serial)
+        self._pending(token).add((commit.CHECK_READ, oid, serial))
 
-    def deleteObject(self, oid: bytes, serial: bytes, token: Any) -> None:
-        self._pending(token).add(commit.DELETE, oid, serial)
+    def deleteObject(self, oid: bytes, serial: bytes, token: Hashable) -> None:
+        self._pending(token).add((commit.DELETE, oid, serial))
         self._hosted.stats.stores += 1
 
     def restorea(
@@ -91,13 +93,13 @@ class TransactionCalls(SessionBase):
         serial: bytes,
         data: bytes | None,
         prev_txn: bytes | None,
-        token: Any,
+        token: Hashable,
     ) -> None:
-        self._pending(token).add(commit.RESTORE, oid, serial, data, prev_txn)
+        self._pending(token).add((commit.RESTORE, oid, serial, data, prev_txn))
         self._hosted.stats.stores += 1
 
-    def undoa(self, undo_id: bytes, token: Any) -> None:
-        self._pending(token).add(commit.UNDO, undo_id)
+    def undoa(self, undo_id: bytes, token: Hashable) -> None:
+        self._pending(token).add((commit.UNDO, undo_id))
 
     def storeBlobStart(self) -> None:
         if self.transaction is None or self.read_only:
@@ -111,7 +113,7 @@ class TransactionCalls(SessionBase):
         self._upload.write(chunk)
 
     def storeBlobEnd(
-        self, oid: bytes, serial: bytes | None, data: bytes, token: Any
+        self, oid: bytes, serial: bytes | None, data: bytes, token: Hashable
     ) -> None:
         upload, self._upload = self._upload, None
         if upload is None:
@@ -125,7 +127,7 @@ class TransactionCalls(SessionBase):
         txn.blobs.append((oid, serial, data, path))
 
     def storeBlobShared(
-        self, oid: bytes, serial: bytes | None, data: bytes, name: str, token: Any
+        self, oid: bytes, serial: bytes | None, data: bytes, name: str, token: Hashable
     ) -> None:
         txn = self._pending(token)
         txn.blobs.append((oid, serial, data, shared_blob_path(self.storage, oid, name)))
@@ -138,7 +140,7 @@ class TransactionCalls(SessionBase):
 
     # -- transactions: two-phase commit -------------------------------------
 
-    async def vote(self, token: Any) -> Any:
+    async def vote(self, token: Hashable) -> list[Conflict] | list[bytes]:
         txn = self.transaction
         if self._async_error is not None and (
             txn is None or txn.state.state is State.BUFFERING
@@ -193,15 +195,19 @@ class TransactionCalls(SessionBase):
             storage.tpc_begin(metadata)
         client_resolves = self._hosted.settings.client_conflict_resolution
         result = VoteResult([], [], [])
-        conflicts: dict[bytes, dict[str, Any]] = {}
+        conflicts: dict[bytes, Conflict] = {}
         try:
 
-            def store(oid: bytes, serial: Any, data: bytes, path: str | None) -> None:
+            def store(
+                oid: bytes, serial: bytes | None, data: bytes, path: str | None
+            ) -> None:
                 try:
                     if path is None:
                         storage.store(oid, serial, data, "", metadata)
                     else:
-                        storage.storeBlob(oid, serial, data, path, "", metadata)
+                        blob_storage(storage).storeBlob(
+                            oid, serial, data, path, "", metadata
+                        )
                 except ConflictError as err:
                     if not (client_resolves and err.serials):
                         raise
@@ -210,21 +216,24 @@ class TransactionCalls(SessionBase):
                     conflicts.pop(oid, None)
                     result.invalidated.append(oid)
 
-            for operation, *args in txn.operations:
-                if operation == commit.STORE:
-                    oid, serial, data = args
+            for operation in txn.operations:
+                if operation[0] == commit.STORE:
+                    _, oid, serial, data = operation
                     store(oid, serial, data, None)
-                elif operation == commit.CHECK_READ:
-                    storage.checkCurrentSerialInTransaction(*args, metadata)
-                elif operation == commit.DELETE:
-                    storage.deleteObject(*args, metadata)
-                    result.invalidated.append(args[0])
-                elif operation == commit.RESTORE:
-                    oid, serial, data, prev_txn = args
-                    storage.restore(oid, serial, data, "", prev_txn, metadata)
+                elif operation[0] == commit.CHECK_READ:
+                    _, oid, serial = operation
+                    storage.checkCurrentSerialInTransaction(oid, serial, metadata)
+                elif operation[0] == commit.DELETE:
+                    _, oid, serial = operation
+                    storage.deleteObject(oid, serial, metadata)
                     result.invalidated.append(oid)
-                elif operation == commit.UNDO:
-                    _, oids = storage.undo(args[0], metadata)
+                elif operation[0] == commit.RESTORE:
+                    _, oid, serial, record, prev_txn = operation
+                    storage.restore(oid, serial, record, "", prev_txn, metadata)
+                    result.invalidated.append(oid)
+                elif operation[0] == commit.UNDO:
+                    _, undo_id = operation
+                    _, oids = storage.undo(undo_id, metadata)
                     result.invalidated.extend(oids)
                     result.resolved.extend(oids)
             for oid, serial, data, path in txn.blobs:
@@ -241,7 +250,7 @@ class TransactionCalls(SessionBase):
             raise
         return result
 
-    async def tpc_finish(self, token: Any) -> bytes | None:
+    async def tpc_finish(self, token: Hashable) -> bytes | None:
         txn = self.transaction
         if txn is None or txn.token != token:
             logger.warning("%s: tpc_finish for an unknown transaction", self.peer.label)
@@ -295,7 +304,7 @@ class TransactionCalls(SessionBase):
             raise
         return tid or (committed[0] if committed else storage.lastTransaction())
 
-    async def tpc_abort(self, token: Any) -> None:
+    async def tpc_abort(self, token: Hashable) -> None:
         txn = self.transaction
         self._async_error = None
         if txn is None or txn.token != token:

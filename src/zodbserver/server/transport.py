@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any, cast
 
 from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
@@ -34,6 +35,7 @@ from ..protocol import (
     StatusProbe,
 )
 from ..protocol.connection import State
+from ..protocol.messages import MessageId
 from .methods import METHODS, TRANSACTION_CALLS, Method
 from .session import Session
 from .storage_server import StorageServer
@@ -195,7 +197,7 @@ class ServerProtocol(asyncio.Protocol):
             raise RemoteProtocolError(f"{method}() called before register()")
         return spec, spec.bind_arguments(method, args)
 
-    def _call(self, msgid: Any, method: str, args: tuple[Any, ...]) -> None:
+    def _call(self, msgid: MessageId, method: str, args: tuple[Any, ...]) -> None:
         try:
             # An asynchronous method sent as a call is answered, as ZEO does.
             spec, arguments = self._lookup(method, args)
@@ -214,7 +216,9 @@ class ServerProtocol(asyncio.Protocol):
         else:
             self._write(self.connection.reply(msgid, result))
 
-    async def _reply_later(self, msgid: Any, method: str, pending: Any) -> None:
+    async def _reply_later(
+        self, msgid: MessageId, method: str, pending: Awaitable[object]
+    ) -> None:
         try:
             result = await pending
         except asyncio.CancelledError:
@@ -236,7 +240,7 @@ class ServerProtocol(asyncio.Protocol):
         if not self.closed:
             self._write(self.connection.reply(msgid, result))
 
-    def _reply_error(self, msgid: Any, method: str, exc: Exception) -> None:
+    def _reply_error(self, msgid: MessageId, method: str, exc: Exception) -> None:
         if isinstance(exc, TypeError):
             logger.warning("%s: %s", self.label, exc)
         elif not isinstance(exc, QUIET_ERRORS):
@@ -273,7 +277,7 @@ class ServerProtocol(asyncio.Protocol):
         self.close()
 
 
-def _address_label(peer: Any) -> str:
+def _address_label(peer: object) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer) if peer else "unix socket"
