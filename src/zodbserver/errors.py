@@ -27,10 +27,6 @@ class FrameTooLargeError(RemoteProtocolError):
     """A frame's length prefix exceeds the configured maximum."""
 
 
-# TODO(cleanup): the former name, still imported by tests; remove with them.
-FrameTooLarge = FrameTooLargeError
-
-
 class LocalProtocolError(ProtocolError):
     """Our side tried to do something the protocol state does not allow."""
 

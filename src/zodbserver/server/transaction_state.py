@@ -86,10 +86,6 @@ class IllegalTransitionError(LocalProtocolError):
     """The server tried a step its transaction's state does not allow."""
 
 
-# TODO(cleanup): the former name, still imported by tests; remove with them.
-IllegalTransition = IllegalTransitionError
-
-
 class TransactionState:
     """The state of one transaction; starts ``BUFFERING``."""
 
