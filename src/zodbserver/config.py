@@ -68,6 +68,7 @@ from .addresses import Address, parse_address
 from .errors import ConfigurationError, StorageInUseError
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .server.settings import ServerSettings
+from .tls import ServerTLS, server_context
 from .units import parse_byte_size, parse_seconds
 
 __all__ = [
@@ -256,7 +257,28 @@ def _settings(zeo: Any, environ: Mapping[str, str]) -> ServerSettings:
             else DEFAULT_MAX_FRAME_SIZE
         ),
         pid_filename=zeo.pid_filename,
+        tls=None if zeo.ssl is None else zeo.ssl[0],
+        tls_handshake_timeout=(
+            defaults.tls_handshake_timeout if zeo.ssl is None else zeo.ssl[1]
+        ),
     )
+
+
+def server_tls(section: Any) -> tuple[ServerTLS, float]:
+    """ZConfig datatype for the server's ``<ssl>``: the settings, checked by
+    making a context once (a bad file is reported with its line), and the
+    handshake timeout."""
+    settings = ServerTLS(
+        certificate=section.certificate,
+        key=section.key,
+        authenticate=section.authenticate,
+        password_function=section.password_function,
+    )
+    try:
+        server_context(settings)
+    except ConfigurationError as error:
+        raise ValueError(str(error)) from None
+    return settings, section.handshake_timeout
 
 
 def msgpack_from_environment(environ: Mapping[str, str] | None = None) -> bool:

@@ -135,6 +135,12 @@ class TestFileStoragePickle(OurServer, testZEO.FileStorageTests, _WithHistory):
 
 
 @zeo_checks
+class TestFileStorageSSL(OurServer, testZEO.FileStorageSSLTests):
+    """ZEO's TLS configuration (its zeo.conf ``<ssl>`` and its client
+    context) against our server."""
+
+
+@zeo_checks
 class TestMappingStorage(OurServer, testZEO.MappingStorageTests):
     pass
 

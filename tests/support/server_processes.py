@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 from ZEO.ClientStorage import ClientStorage
@@ -39,8 +38,17 @@ def free_port() -> int:
 class ServerProcess:
     """Server ``kind`` ("ours" or "zeo") over ``directory/Data.fs``."""
 
-    def __init__(self, kind: str, directory: Path, *, blobs: bool = False) -> None:
+    def __init__(
+        self,
+        kind: str,
+        directory: Path,
+        *,
+        blobs: bool = False,
+        zeo_lines: tuple[str, ...] = (),
+    ) -> None:
+        """``zeo_lines`` go into the ``<zeo>`` section (``<ssl>``, say)."""
         assert kind in KINDS, kind
+        self.zeo_lines = zeo_lines
         self.kind = kind
         self.directory = directory
         self.path = directory / "Data.fs"
@@ -51,20 +59,12 @@ class ServerProcess:
         self.starts = 0
 
     def _argv(self) -> list[str]:
-        blob_line = f"blob-dir {self.blob_dir}" if self.blob_dir else ""
+        blob_line = f"  blob-dir {self.blob_dir}\n" if self.blob_dir else ""
+        zeo = "".join(f"  {line}\n" for line in self.zeo_lines)
         conf = self.directory / f"{self.kind}-server.conf"
         conf.write_text(
-            textwrap.dedent(
-                f"""\
-                <zeo>
-                  address {self.address[0]}:{self.address[1]}
-                </zeo>
-                <filestorage 1>
-                  path {self.path}
-                  {blob_line}
-                </filestorage>
-                """
-            )
+            f"<zeo>\n  address {self.address[0]}:{self.address[1]}\n{zeo}</zeo>\n"
+            f"<filestorage 1>\n  path {self.path}\n{blob_line}</filestorage>\n"
         )
         if self.kind == "zeo":
             return [sys.executable, "-m", "ZEO.runzeo", "-C", str(conf)]

@@ -27,6 +27,7 @@ from .memory import TrimTimer, tune_malloc
 from .settings import ServerSettings
 from .storage_api import ServedStorage
 from .storage_server import StorageServer
+from .tls_accept import TLSAcceptor, TLSListener
 from .transport import ServerProtocol
 
 logger = logging.getLogger(__name__)
@@ -41,19 +42,35 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     ready: Callable[[Address], None] | None = None,
+    reload: asyncio.Event | None = None,
 ) -> None:
-    """Serve ``storages`` until ``stop`` is set (or forever)."""
+    """Serve ``storages`` until ``stop`` is set (or forever).
+
+    Setting ``reload`` reads the TLS certificate, key and CAs again (for
+    new connections; established ones keep theirs).
+    """
     loop = asyncio.get_running_loop()
     server = StorageServer(storages, settings)
     connections: set[ServerProtocol] = set()
     address = settings.address
     listener: asyncio.AbstractServer | None = None
 
-    def factory() -> ServerProtocol:
+    def protocol() -> ServerProtocol:
         return ServerProtocol(server, connections)
+
+    factory: Callable[[], asyncio.Protocol] = protocol
+    tls: TLSListener | None = None
+    if settings.tls is not None:
+        tls = TLSListener(settings.tls, settings.tls_handshake_timeout)
+
+        def factory() -> asyncio.Protocol:
+            assert tls is not None
+            return TLSAcceptor(tls, protocol, server.tasks)
 
     try:
         server.attach(loop)
+        if reload is not None:
+            server.tasks.spawn(_reload_on_request(reload, tls), service=True)
         bound: Address
         if isinstance(address, str):
             _remove_stale_socket(address)
@@ -78,6 +95,16 @@ async def serve(
         await server.tasks.run_in_thread(server.close_storages)
         await server.tasks.close()
         logger.info("shut down")
+
+
+async def _reload_on_request(reload: asyncio.Event, tls: TLSListener | None) -> None:
+    """Reload what can change without a restart, whenever asked."""
+    while True:
+        await reload.wait()
+        reload.clear()
+        logger.info("reload requested")
+        if tls is not None:
+            tls.reload()
 
 
 async def _drain(server: StorageServer, connections: set[ServerProtocol]) -> None:
@@ -124,7 +151,8 @@ def run(
     """Run a server process until a signal; return its exit code.
 
     SIGTERM and SIGINT stop it (exit 0), SIGHUP stops it with exit 1 so that
-    a supervisor restarts it, SIGUSR2 reopens the log files.
+    a supervisor restarts it, SIGUSR2 reopens the log files, SIGUSR1 reloads
+    the TLS certificates.
     """
     outcome = {"code": EXIT_OK}
     tune_malloc()
@@ -141,6 +169,8 @@ def run(
         loop.add_signal_handler(signal.SIGTERM, request_stop, EXIT_OK)
         loop.add_signal_handler(signal.SIGINT, request_stop, EXIT_OK)
         loop.add_signal_handler(signal.SIGHUP, request_stop, EXIT_RESTART)
+        reload = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR1, reload.set)
         if reopen_logs is not None:
             loop.add_signal_handler(signal.SIGUSR2, reopen_logs)
 
@@ -151,7 +181,7 @@ def run(
                 ready(bound)
 
         try:
-            await serve(settings, storages, stop=stop, ready=started)
+            await serve(settings, storages, stop=stop, ready=started, reload=reload)
         finally:
             trimmer.cancel()
             if settings.pid_filename and not settings.read_only:

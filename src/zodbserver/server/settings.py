@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..addresses import DEFAULT_HOST, DEFAULT_PORT, Address
 from ..protocol import DEFAULT_MAX_FRAME_SIZE
+from ..tls import ServerTLS
 from .tasks import DEFAULT_WORKER_THREADS
 
 
@@ -31,3 +32,7 @@ class ServerSettings:
     pid_filename: str | None = None
     #: Threads for pack, undo logs, iteration and blob reads (``tasks``).
     worker_threads: int = DEFAULT_WORKER_THREADS
+    #: TLS (``<ssl>``); None listens in plain TCP.
+    tls: ServerTLS | None = None
+    #: Seconds a client has to complete the TLS handshake.
+    tls_handshake_timeout: float = 10.0

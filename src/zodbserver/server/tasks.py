@@ -4,9 +4,10 @@ Each ``StorageServer`` -- one per ``serve()`` -- has one ``ServerTasks``.
 It starts and tracks every coroutine the server runs on its own: a reply
 that has to wait (a vote queued for the commit lock, a pack, an iterator
 step), a pack the client does not wait for, the abort of a transaction
-whose client went away.  Shutdown waits for that work (``running``) but not
-for replies, which may wait for the very clients it drops, and at the end
-cancels what is left (``close``): two servers in one process never wait on,
+whose client went away, a TLS handshake, the reload watcher.  Shutdown
+waits for the work (``running``) but not for replies, which may wait for
+the very clients it drops, nor for the services, and at the end cancels
+what is left (``close``): two servers in one process never wait on,
 or cancel, each other's tasks.
 
 Storage calls that may block but do not belong to a commit -- pack, undo
@@ -40,17 +41,25 @@ class ServerTasks:
         self._work: set[asyncio.Task[Any]] = set()
         #: Replies that wait; they may wait for clients shutdown drops.
         self._replies: set[asyncio.Task[Any]] = set()
+        #: Tasks that serve as long as the server does (a TLS handshake, the
+        #: reload watcher): shutdown does not wait for them.
+        self._services: set[asyncio.Task[Any]] = set()
         self._executor = ThreadPoolExecutor(
             max_workers=max_threads, thread_name_prefix="zodbserver worker"
         )
 
     def spawn(
-        self, coroutine: Coroutine[Any, Any, T], *, reply: bool = False
+        self,
+        coroutine: Coroutine[Any, Any, T],
+        *,
+        reply: bool = False,
+        service: bool = False,
     ) -> asyncio.Task[T]:
         """Start ``coroutine`` as a task of this server; ``reply``: it
-        answers a call, and shutdown need not wait for it."""
+        answers a call, ``service``: it serves until the server stops --
+        shutdown waits for neither."""
         task = asyncio.get_running_loop().create_task(coroutine)
-        tasks = self._replies if reply else self._work
+        tasks = self._replies if reply else self._services if service else self._work
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         return task
@@ -69,7 +78,7 @@ class ServerTasks:
     async def close(self) -> None:
         """Cancel the tasks still running and end the worker threads (a
         thread busy in a storage call ends when the call returns)."""
-        tasks = self._work | self._replies
+        tasks = self._work | self._replies | self._services
         for task in tasks:
             task.cancel()
         if tasks:

@@ -40,6 +40,7 @@ class ServerThread:
         self.address: Address | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._reload: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(
@@ -66,6 +67,12 @@ class ServerThread:
         if self._thread.is_alive():
             raise TimeoutError("the server did not stop")
 
+    def reload(self) -> None:
+        """What SIGUSR1 does to a server process: reload its certificates."""
+        assert self._loop is not None
+        assert self._reload is not None
+        self._loop.call_soon_threadsafe(self._reload.set)
+
     def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` on the server's loop and return its result."""
         assert self._loop is not None
@@ -85,12 +92,19 @@ class ServerThread:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
+            self._reload = asyncio.Event()
 
             def ready(address: Address) -> None:
                 self.address = address
                 self._ready.set()
 
-            await serve(self.settings, self.storages, stop=self._stop, ready=ready)
+            await serve(
+                self.settings,
+                self.storages,
+                stop=self._stop,
+                ready=ready,
+                reload=self._reload,
+            )
 
         try:
             asyncio.run(main())

@@ -36,6 +36,7 @@ from ..protocol import (
 )
 from ..protocol.connection import State
 from ..protocol.messages import MessageId
+from ..tls import certificate_identity
 from .methods import METHODS, TRANSACTION_CALLS, Method
 from .session import Session
 from .storage_server import StorageServer
@@ -44,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 #: Replies batched before a write, when a chunk holds many calls.
 FLUSH_WRITES = 64
+
+#: How a TLS client's first bytes begin: a handshake record, TLS 1.x.  No
+#: ZEO frame starts so: its length prefix would be over 369 MB.
+TLS_HANDSHAKE = b"\x16\x03"
 
 #: Errors that are part of normal operation and not worth a traceback.
 QUIET_ERRORS = (POSKeyError, ConflictError, ReadConflictError)
@@ -57,6 +62,9 @@ class ServerProtocol(asyncio.Protocol):
         self.server = server
         self.session = Session(server, self)
         self.label = "unconnected"
+        #: Who the client's TLS certificate says it is (None: no certificate).
+        self.identity: str | None = None
+        self._received = False
         self._connections = connections
         self._transport: asyncio.Transport | None = None
         #: Writes not yet handed to the transport (None: none pending).
@@ -74,12 +82,24 @@ class ServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.label = _address_label(peer)
+        self.identity = certificate_identity(transport.get_extra_info("peercert"))
+        self.label = address_label(transport.get_extra_info("peername"))
+        if self.identity is not None:
+            self.label = f"{self.identity} at {self.label}"
         self._connections.add(self)
         self._transport.write(self.connection.greeting())
 
     def data_received(self, data: bytes) -> None:
+        if not self._received:
+            self._received = True
+            if data.startswith(TLS_HANDSHAKE) and not self._is_tls():
+                logger.warning(
+                    "%s: a TLS client on a plain port (this server has no <ssl>), "
+                    "closing",
+                    self.label,
+                )
+                self.close()
+                return
         if self._batch is None:
             self._batch = []
         try:
@@ -95,6 +115,11 @@ class ServerProtocol(asyncio.Protocol):
             self.close()
         finally:
             self._flush()
+
+    def _is_tls(self) -> bool:
+        return self._transport is not None and (
+            self._transport.get_extra_info("sslcontext") is not None
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -277,7 +302,7 @@ class ServerProtocol(asyncio.Protocol):
         self.close()
 
 
-def _address_label(peer: object) -> str:
+def address_label(peer: object) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer) if peer else "unix socket"
