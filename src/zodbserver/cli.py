@@ -1,6 +1,6 @@
 """The ``zeoserver`` command: run, start, stop and inspect a database server.
 
-    zeoserver [OPTIONS] fg | start | stop | restart | status | logtail
+    zeoserver [OPTIONS] fg | start | stop | restart | reload | status | logtail
 
 The options say which server: ``-C zeo.conf``, or ``-a ADDRESS`` and
 ``-f Data.fs`` on their own, with ``--var DIR`` (default ``./var``) holding
@@ -24,7 +24,8 @@ error here (LSB init scripts call that success) so that a mistyped
 ``--var`` does not pass unnoticed; ``restart`` starts a stopped server.
 
 Signals (handled by the server core): TERM and INT shut down gracefully and
-exit 0; USR2 reopens the log files (for logrotate).  HUP exits 1 meaning
+exit 0; USR2 reopens the log files (for logrotate); USR1 (``reload``)
+reloads the TLS certificates.  HUP exits 1 meaning
 "restart me", as in ZEO: ``fg`` exits 1 for its service manager to restart
 it, a ``start``ed server re-executes itself in place (same pid).
 """
@@ -47,6 +48,7 @@ from .foreground import PROGRAM, Plan, daemon_argv, serve
 from .logtail import logtail
 from .pidfile import AlreadyRunningError, probe
 from .server.settings import ServerSettings
+from .tls import SERVER_ONLY, ServerTLS, server_context
 from .units import parse_seconds
 from .user_switch import find_user, switch_user
 
@@ -98,6 +100,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.read_only:
         settings = dataclasses.replace(settings, read_only=True)
         options.append("--read-only")
+    tls = _tls_options(args, settings.tls)
+    if tls is not settings.tls:
+        settings = dataclasses.replace(settings, tls=tls)
+        assert tls is not None
+        options += ["--ssl-certificate", tls.certificate]
+        options += ["--ssl-authenticate", tls.authenticate]
+        if tls.key:
+            options += ["--ssl-key", tls.key]
     if args.user is not None:
         options += ["--user", args.user]
     pid_file = settings.pid_filename or os.path.join(var, "zeoserver.pid")
@@ -118,6 +128,36 @@ def make_plan(args: argparse.Namespace) -> Plan:
         directories=tuple(directories),
         options=tuple(options),
     )
+
+
+def _tls_options(args: argparse.Namespace, tls: ServerTLS | None) -> ServerTLS | None:
+    """``--ssl-*`` over the configuration's ``<ssl>``; checked by loading."""
+    given = {
+        "certificate": args.ssl_certificate,
+        "key": args.ssl_key,
+        "authenticate": args.ssl_authenticate,
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
+    if not changes:
+        return tls
+    if tls is None:
+        missing = [
+            name for name in ("certificate", "authenticate") if not changes.get(name)
+        ]
+        if missing:
+            flags = " and ".join(f"--ssl-{name}" for name in missing)
+            raise ConfigurationError(f"TLS needs {flags} too")
+        tls = ServerTLS(
+            changes["certificate"], changes.get("key"), changes["authenticate"]
+        )
+    else:
+        tls = dataclasses.replace(tls, **changes)
+    for name in ("certificate", "key", "authenticate"):
+        value = getattr(tls, name)
+        if value and value != SERVER_ONLY:
+            tls = dataclasses.replace(tls, **{name: os.path.abspath(value)})
+    server_context(tls)  # a bad file is an error now, not at start
+    return tls
 
 
 # -- start, and the user to run as --------------------------------------------
@@ -238,6 +278,25 @@ def _server_options(suppress: bool) -> argparse.ArgumentParser:
         help="refuse every write",
     )
     group.add_argument(
+        "--ssl-certificate",
+        metavar="PEM",
+        default=default(None),
+        help="serve over TLS with this certificate chain (as <ssl> certificate)",
+    )
+    group.add_argument(
+        "--ssl-key",
+        metavar="PEM",
+        default=default(None),
+        help="the certificate's private key, if not in its file",
+    )
+    group.add_argument(
+        "--ssl-authenticate",
+        metavar="CA",
+        default=default(None),
+        help="CA file or directory clients' certificates must chain to, or "
+        "SERVER-ONLY for no client certificates (as <ssl> authenticate)",
+    )
+    group.add_argument(
         "--user",
         metavar="NAME",
         default=default(None),
@@ -304,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _timeout_option(
         restart, DEFAULT_START_TIMEOUT, "to wait for each of stopping and starting"
+    )
+    command(
+        "reload",
+        "reload the TLS certificates",
+        "Send the server SIGUSR1: it reads its TLS certificate, key and CAs "
+        "again, for new connections; established ones keep working. Exits 1 "
+        "if it is not running.",
     )
     command(
         "status",
@@ -398,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         return _become(user) or start(plan, args.timeout)
     if args.command == "status":
         return daemon.status(PROGRAM, plan.pid_file)
+    if args.command == "reload":
+        return daemon.reload(PROGRAM, plan.pid_file)
     if args.command == "logtail":
         return _logtail(plan, args.lines, follow=not args.no_follow)
     raise AssertionError(args.command)

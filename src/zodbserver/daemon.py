@@ -229,6 +229,22 @@ def stop(program: str, pid_file: str, timeout: float) -> int:
     return EXIT_OK
 
 
+def reload(program: str, pid_file: str) -> int:
+    """SIGUSR1 the process holding ``pid_file``: it reloads its TLS
+    certificates (and keeps serving; its log says how that went)."""
+    state, pid = probe(pid_file)
+    if state != "running" or pid is None:
+        print(f"{program} is not running ({pid_file})", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        print(f"{program} is not running (pid {pid} is gone)", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{program} asked to reload (pid {pid}); see its log")
+    return EXIT_OK
+
+
 def wait_for_exit(pid: int, pid_file: str, timeout: float) -> bool:
     """True once ``pid`` has exited and unlocked ``pid_file``."""
     deadline = time.monotonic() + timeout

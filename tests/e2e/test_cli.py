@@ -414,6 +414,7 @@ def test_bad_command_line_exits_2(workdir, args):
         ("stop", "SIGTERM"),
         ("restart", "Stop the server"),
         ("status", "3 not running"),
+        ("reload", "SIGUSR1"),
         ("logtail", "tail -f"),
     ],
 )
@@ -422,6 +423,54 @@ def test_every_command_has_help(workdir, command, words):
     assert result.returncode == 0
     assert words in " ".join(result.stdout.split())
     assert "--configure" in result.stdout
+
+
+def test_tls_from_the_command_line_and_reload(workdir):
+    """--ssl-* make a TLS server; ``reload`` rereads the certificates."""
+    from support.certificates import Certificates
+    from zodbserver.tls import client_context
+
+    certificates = Certificates(workdir / "certificates")
+    pem = certificates.server
+    tls = ["--ssl-certificate", pem.certificate, "--ssl-key", pem.key]
+    tls += ["--ssl-authenticate", certificates.ca_file]
+    _, port = start(*ANY_PORT, *tls, cwd=workdir)
+    web1 = certificates.client("web1")
+    context = client_context(
+        certificate=web1.certificate, key=web1.key, authenticate=certificates.ca_file
+    )
+    db = zodbserver.DB(
+        ("127.0.0.1", port), ssl=context, ssl_server_hostname="127.0.0.1"
+    )
+    try:
+        with db.transaction() as connection:
+            connection.root()["tls"] = "from the command line"
+    finally:
+        db.close()
+    reloaded = zeoserver(*ANY_PORT, *tls, "reload", cwd=workdir)
+    assert reloaded.returncode == 0, reloaded.stderr
+    log = workdir / "var" / "log" / "zeoserver.log"
+    wait_until(lambda: "TLS certificates reloaded" in log.read_text(), "the reload")
+    assert "web1 at 127.0.0.1:" in log.read_text()
+    assert zeoserver(*ANY_PORT, *tls, "stop", cwd=workdir).returncode == 0
+    assert zeoserver(*ANY_PORT, *tls, "reload", cwd=workdir).returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ssl-certificate", "server.pem"], "needs --ssl-authenticate too"),
+        (["--ssl-authenticate", "SERVER-ONLY"], "needs --ssl-certificate too"),
+        (
+            ["--ssl-certificate", "missing.pem", "--ssl-authenticate", "SERVER-ONLY"],
+            "certificate: cannot load",
+        ),
+    ],
+)
+def test_incomplete_tls_options_exit_2(workdir, args, message):
+    result = zeoserver(*args, "start", cwd=workdir)
+    assert result.returncode == 2
+    assert message in result.stderr
 
 
 def test_version(workdir):
