@@ -39,8 +39,6 @@ durations by :mod:`zodbserver.units`.
 
 from __future__ import annotations
 
-import os
-import pkgutil
 import ssl as ssl_module
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ import ZODB.config
 
 from ..addresses import Address, parse_address
 from ..errors import ConfigurationError
+from ..tls import client_context
 from ..units import parse_byte_size, parse_seconds
 from .storage import ClientStorage
 
@@ -147,55 +146,19 @@ class TlsSettings:
 
 
 def client_tls(section: Any) -> TlsSettings:
-    """ZConfig datatype for ``<ssl>``: a client-side ``SSLContext``.
-
-    ``authenticate`` is a CA file or directory the server's certificate must
-    chain to (without it, the system's default CAs);  ``certificate``, with
-    ``key`` and ``password-function``, is the client's own certificate for
-    servers that ask for one.  As in ZEO, the value ``DYNAMIC`` for
-    ``authenticate`` means the default CAs.
-    """
-    cafile = capath = None
-    authenticate = section.authenticate
-    if authenticate and authenticate != "DYNAMIC":
-        if os.path.isdir(authenticate):
-            capath = authenticate
-        else:
-            cafile = authenticate
+    """ZConfig datatype for ``<ssl>``: a client-side ``SSLContext``
+    (``zodbserver.tls``: ZEO's keys and meanings)."""
     try:
-        context = ssl_module.create_default_context(
-            ssl_module.Purpose.SERVER_AUTH, cafile=cafile, capath=capath
+        context = client_context(
+            certificate=section.certificate,
+            key=section.key,
+            password_function=section.password_function,
+            authenticate=section.authenticate,
+            check_hostname=section.check_hostname,
         )
-    except (OSError, ssl_module.SSLError) as error:
-        raise ValueError(
-            f"authenticate: cannot load {authenticate!r}: {error}"
-        ) from None
-    if section.certificate:
-        password = _password_function(section.password_function)
-        try:
-            context.load_cert_chain(section.certificate, section.key, password)
-        except (OSError, ssl_module.SSLError) as error:
-            raise ValueError(
-                f"certificate: cannot load {section.certificate!r}: {error}"
-            ) from None
-    elif section.key or section.password_function:
-        raise ValueError("key and password-function need a certificate")
-    context.check_hostname = section.check_hostname
+    except ConfigurationError as error:
+        raise ValueError(str(error)) from None
     return TlsSettings(context, section.server_hostname)
-
-
-def _password_function(dotted: str | None) -> Callable[[], str] | None:
-    if not dotted:
-        return None
-    try:
-        function = pkgutil.resolve_name(dotted)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(
-            f"password-function: cannot import {dotted!r}: {error}"
-        ) from None
-    if not callable(function):
-        raise ValueError(f"password-function: {dotted!r} is not callable")
-    return function
 
 
 # -- the section itself --------------------------------------------------------
