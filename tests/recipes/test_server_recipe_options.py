@@ -402,3 +402,55 @@ relative-paths = true
     refused = run_script(tmp_path / "bin" / "pack-zeo", "--wait-timeout", "1")
     assert refused.returncode == 1
     assert f"cannot connect to storage '1' at {address}" in refused.stderr
+
+
+# -- TLS ------------------------------------------------------------------------
+
+
+def test_ssl_options_make_an_ssl_section(tmp_path: Path) -> None:
+    from support.certificates import Certificates
+
+    certificates = Certificates(tmp_path / "certificates")
+    conf = install_server(
+        tmp_path,
+        **{
+            "ssl-certificate": "certificates/server.pem",
+            "ssl-key": "certificates/server.key",
+            "ssl-authenticate": "certificates/ca.pem",
+        },
+    )
+    assert "<ssl>" in conf
+    tls = load_conf(tmp_path).settings.tls
+    assert tls is not None
+    assert tls.certificate == certificates.server.certificate
+    assert tls.key == certificates.server.key
+    assert tls.authenticate == certificates.ca_file
+
+
+def test_ssl_server_only(tmp_path: Path) -> None:
+    from support.certificates import Certificates
+
+    Certificates(tmp_path / "certificates")
+    install_server(
+        tmp_path,
+        **{
+            "ssl-certificate": "certificates/server.pem",
+            "ssl-key": "certificates/server.key",
+            "ssl-authenticate": "SERVER-ONLY",
+        },
+    )
+    tls = load_conf(tmp_path).settings.tls
+    assert tls is not None
+    assert tls.server_only
+
+
+def test_ssl_needs_certificate_and_authenticate(tmp_path: Path) -> None:
+    message = wrong(tmp_path, "ssl-authenticate", **{"ssl-certificate": "server.pem"})
+    assert "ssl-certificate and ssl-authenticate" in message
+
+
+def test_zeo4_authentication_points_at_the_ssl_options(tmp_path: Path) -> None:
+    message = wrong(
+        tmp_path, "authentication-database", **{"authentication-database": "a"}
+    )
+    assert "ssl-certificate" in message

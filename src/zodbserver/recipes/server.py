@@ -18,6 +18,10 @@ The options are plone.recipe.zeoserver's, with its defaults::
     read-only = false
     transaction-timeout =               # seconds; empty: none
     client-conflict-resolution = false
+    ssl-certificate =                   # TLS: the server's certificate chain,
+    ssl-key =                           #   its key, and the CA (or directory)
+    ssl-authenticate =                  #   clients' certificates chain to,
+                                        #   or SERVER-ONLY (<ssl> in zeo.conf)
     pack-days = 1                       # bin/zeopack's default
     pack-gc = true                      # false: packing keeps unreachable objects
     pack-keep-old = true                # false: no Data.fs.old copy when packing
@@ -60,6 +64,7 @@ import zc.buildout
 from ZConfig.components.logger.handlers import log_format as log_format_datatype
 from ZConfig.datatypes import Registry
 
+from ..tls import SERVER_ONLY
 from ._options import PartOptions, egg_locations, python_script, write_file
 
 #: ZConfig's own byte-size datatype: 10MB, 512KB, 1GB or bytes.
@@ -69,13 +74,13 @@ BYTE_SIZE = Registry().get("byte-size")
 REMOVED = {
     "authentication-database": (
         "ZEO 4 authentication was removed in ZEO 5 and is not supported; "
-        "use TLS with client certificates (an <ssl> section through "
-        "zeo-conf-additional) or bind zeo-address to a private network"
+        "use TLS with client certificates (ssl-certificate, ssl-key and "
+        "ssl-authenticate) or bind zeo-address to a private network"
     ),
     "authentication-realm": (
         "ZEO 4 authentication was removed in ZEO 5 and is not supported; "
-        "use TLS with client certificates (an <ssl> section through "
-        "zeo-conf-additional) or bind zeo-address to a private network"
+        "use TLS with client certificates (ssl-certificate, ssl-key and "
+        "ssl-authenticate) or bind zeo-address to a private network"
     ),
     "monitor-address": (
         "the ZEO 4 monitor server was removed; the server status is "
@@ -177,7 +182,29 @@ class Recipe:
             zeo.append(f"  transaction-timeout {timeout}")
         if parsed.flag("client-conflict-resolution"):
             zeo.append("  client-conflict-resolution true")
-        return zeo
+        return zeo + self.ssl_section()
+
+    def ssl_section(self) -> list[str]:
+        """``<ssl>`` from ``ssl-certificate``, ``ssl-key`` and
+        ``ssl-authenticate`` (paths relative to the buildout)."""
+        parsed = self.parsed
+        values = {
+            key: parsed.text(f"ssl-{key}")
+            for key in ("certificate", "key", "authenticate")
+        }
+        if not any(values.values()):
+            return []
+        for key in ("certificate", "authenticate"):
+            if not values[key]:
+                raise parsed.fail(
+                    f"ssl-{key}", "TLS needs ssl-certificate and ssl-authenticate"
+                )
+        lines = ["  <ssl>"]
+        for key, value in values.items():
+            if value:
+                path = value if value == SERVER_ONLY else os.path.join(self.base, value)
+                lines.append(f"    {key} {path}")
+        return [*lines, "  </ssl>"]
 
     def storage_section(self) -> tuple[list[str], str, str]:
         parsed = self.parsed
