@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import urllib.parse
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Any
@@ -251,3 +252,41 @@ def test_only_configuration_errors_escape(rest: str) -> None:
         return
     assert isinstance(factory, functools.partial)
     assert isinstance(dbkw, dict)
+
+
+def test_tls_parameters(tmp_path: Any) -> None:
+    from support.certificates import Certificates
+    from zodbserver.server.settings import ServerSettings
+    from zodbserver.server.thread import ServerThread
+    from zodbserver.tls import ServerTLS
+
+    certificates = Certificates(tmp_path)
+    pem = certificates.server
+    settings = ServerSettings(
+        ("127.0.0.1", 0), tls=ServerTLS(pem.certificate, pem.key, certificates.ca_file)
+    )
+    client = certificates.client("pyramid")
+    with ServerThread({"1": MappingStorage()}, settings) as (host, port):
+        query = urllib.parse.urlencode(
+            {
+                "ssl_certificate": client.certificate,
+                "ssl_key": client.key,
+                "ssl_authenticate": certificates.ca_file,
+                "ssl_server_hostname": "localhost",
+                "wait_timeout": "10",
+            }
+        )
+        factory, dbkw = zodburi.resolve_uri(f"zodbserver://{host}:{port}?{query}")
+        db = ZODB.DB(factory(), **dbkw)
+        try:
+            with db.transaction() as conn:
+                conn.root()["via"] = "a TLS uri"
+        finally:
+            db.close()
+
+
+def test_a_missing_tls_file_is_named() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"certificate: cannot load .*nowhere\.pem"
+    ):
+        resolve("zodbserver://localhost?ssl_certificate=/nowhere.pem")

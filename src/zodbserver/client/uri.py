@@ -21,7 +21,10 @@ with ``_`` for ``-``, and take the same values:
     read_only, read_only_fallback, shared_blob_dir, server_sync, wait
     (true/false, on/off, yes/no, 1/0);
     wait_timeout, min_disconnect_poll, max_disconnect_poll (seconds: 30,
-    30s, 5m); blob_cache_size_check (a percentage); readahead (a count).
+    30s, 5m); blob_cache_size_check (a percentage); readahead (a count);
+    and TLS, as the ``<ssl>`` subsection's keys: ssl_certificate, ssl_key,
+    ssl_authenticate (files), ssl_server_hostname, ssl_check_hostname
+    (true/false).  Any ``ssl_`` parameter turns TLS on.
 
 For example ``zodbserver://db.example:8100?storage=main&cache_size=200MB
 &client=web&var=/var/cache/zodb&database_name=main``.
@@ -42,6 +45,7 @@ from typing import Any
 
 from ..addresses import DEFAULT_HOST, DEFAULT_PORT, Address, parse_port, split_host_port
 from ..errors import ConfigurationError
+from ..tls import client_context
 from .storage import ClientStorage
 from .zconfig import (
     parse_boolean,
@@ -81,6 +85,16 @@ _PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "wait_timeout": ("wait_timeout", parse_timeout),
     "min_disconnect_poll": ("min_disconnect_poll", parse_timeout),
     "max_disconnect_poll": ("max_disconnect_poll", parse_timeout),
+}
+
+
+#: TLS parameters -> ``tls.client_context`` keywords (ssl_server_hostname
+#: goes to ClientStorage as it is).
+_TLS_PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "ssl_certificate": ("certificate", _text),
+    "ssl_key": ("key", _text),
+    "ssl_authenticate": ("authenticate", _text),
+    "ssl_check_hostname": ("check_hostname", parse_boolean),
 }
 
 
@@ -149,6 +163,7 @@ def _parameters(uri: str, query: str) -> tuple[dict[str, Any], dict[str, str]]:
         raise ConfigurationError(f"{uri!r}: bad query string: {error}") from None
     options: dict[str, Any] = {}
     database_options: dict[str, str] = {}
+    tls: dict[str, Any] = {}
     seen: set[str] = set()
     for name, value in pairs:
         if name in seen:
@@ -157,15 +172,33 @@ def _parameters(uri: str, query: str) -> tuple[dict[str, Any], dict[str, str]]:
         if _is_database_parameter(name):
             database_options[name] = value
             continue
-        if name not in _PARAMETERS:
+        if name == "ssl_server_hostname":
+            options["ssl_server_hostname"] = value
+            continue
+        target, table = (
+            (tls, _TLS_PARAMETERS)
+            if name in _TLS_PARAMETERS
+            else (
+                options,
+                _PARAMETERS,
+            )
+        )
+        if name not in table:
             raise ConfigurationError(
                 f"{uri!r}: unknown parameter {name!r}; known: "
-                + ", ".join(sorted(_PARAMETERS))
+                + ", ".join(
+                    sorted([*_PARAMETERS, *_TLS_PARAMETERS, "ssl_server_hostname"])
+                )
                 + ", database_name, connection_*"
             )
-        keyword, parse = _PARAMETERS[name]
+        keyword, parse = table[name]
         try:
-            options[keyword] = parse(value)
+            target[keyword] = parse(value)
         except ValueError as error:
             raise ConfigurationError(f"{uri!r}: {name}: {error}") from None
+    if tls or "ssl_server_hostname" in options:
+        try:
+            options["ssl"] = client_context(**tls)
+        except ConfigurationError as error:
+            raise ConfigurationError(f"{uri!r}: {error}") from None
     return options, database_options
