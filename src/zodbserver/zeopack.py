@@ -33,6 +33,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import __version__
 from .addresses import (
@@ -45,6 +46,7 @@ from .addresses import (
 )
 from .errors import ConfigurationError
 from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from .tls import client_context
 from .units import parse_seconds
 
 PROGRAM = "zeopack"
@@ -163,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="ignored (plone.recipe.zeoserver's blob directory option): "
         "the server packs its own blobs",
     )
+    tls = parser.add_argument_group("TLS (for servers with <ssl>)")
+    tls.add_argument(
+        "--ssl-certificate", metavar="PEM", help="this client's certificate"
+    )
+    tls.add_argument("--ssl-key", metavar="PEM", help="its key, if not in its file")
+    tls.add_argument(
+        "--ssl-authenticate",
+        metavar="CA",
+        help="the CA file or directory the server's certificate chains to",
+    )
+    tls.add_argument(
+        "--ssl-server-hostname",
+        metavar="NAME",
+        help="the name the server's certificate has",
+    )
     parser.add_argument(
         "--wait-timeout",
         type=_seconds,
@@ -229,7 +246,25 @@ def pack_time(days: float, time_of_day: tuple[int, int, int] | None) -> float:
     return now - days * SECONDS_PER_DAY
 
 
-def pack(target: Target, when: float, wait_timeout: float) -> str | None:
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``ClientStorage``'s ``ssl`` arguments from ``--ssl-*``, if any."""
+    given = (args.ssl_certificate, args.ssl_key, args.ssl_authenticate)
+    if not any(given) and args.ssl_server_hostname is None:
+        return {}
+    try:
+        context = client_context(
+            certificate=args.ssl_certificate,
+            key=args.ssl_key,
+            authenticate=args.ssl_authenticate,
+        )
+    except ConfigurationError as error:
+        raise UsageError(str(error)) from None
+    return {"ssl": context, "ssl_server_hostname": args.ssl_server_hostname}
+
+
+def pack(
+    target: Target, when: float, wait_timeout: float, tls: dict[str, Any] | None = None
+) -> str | None:
     """Pack one storage; an error message, or None when it was packed."""
     from .client import ClientDisconnected, ClientStorage
 
@@ -239,6 +274,7 @@ def pack(target: Target, when: float, wait_timeout: float) -> str | None:
             storage=target.storage,
             read_only=True,
             wait_timeout=wait_timeout,
+            **(tls or {}),
         )
     except ClientDisconnected as error:
         return f"cannot connect to {target.describe()}: {error}"
@@ -256,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         chosen = targets(args)
+        tls = tls_options(args)
     except SystemExit as exited:  # --help, or argparse's own usage error
         return exited.code if isinstance(exited.code, int) else EXIT_USAGE
     except UsageError as error:
@@ -268,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     when = pack_time(args.days, args.time)
     status = EXIT_OK
     for target in chosen:
-        problem = pack(target, when, args.wait_timeout)
+        problem = pack(target, when, args.wait_timeout, tls)
         if problem is not None:
             print(f"{PROGRAM}: {problem}", file=sys.stderr)
             status = EXIT_FAILURE

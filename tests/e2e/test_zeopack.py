@@ -267,3 +267,43 @@ def test_pack_time_of_day() -> None:
     when = time.localtime(pack_time(2, (3, 30, 0)) + 2 * 86400)
     assert (when.tm_hour, when.tm_min, when.tm_sec) == (3, 30, 0)
     assert when[:3] == time.localtime()[:3]
+
+
+def test_pack_over_tls(tmp_path: Path, servers) -> None:
+    from support.certificates import Certificates
+
+    certificates = Certificates(tmp_path / "certificates")
+    pem = certificates.server
+    conf = (
+        "<zeo>\n  <ssl>\n"
+        f"    certificate {pem.certificate}\n    key {pem.key}\n"
+        f"    authenticate {certificates.ca_file}\n"
+        "  </ssl>\n</zeo>\n<filestorage>\n  path {data_fs}\n</filestorage>\n"
+    )
+    server = start(servers, tmp_path / "server", conf)
+    admin = certificates.client("admin")
+    tls = ["--ssl-certificate", admin.certificate, "--ssl-key", admin.key]
+    tls += ["--ssl-authenticate", certificates.ca_file]
+    from zodbserver.tls import client_context
+
+    context = client_context(
+        certificate=admin.certificate, key=admin.key, authenticate=certificates.ca_file
+    )
+    db = ZODB.DB(ClientStorage(server.address, ssl=context, wait_timeout=30))
+    try:
+        for revision in range(3):
+            with db.transaction() as connection:
+                connection.root()["revision"] = revision
+    finally:
+        db.close()
+    refused = run(ZEOPACK, "-a", server.address, "--wait-timeout", "2")
+    assert refused.returncode == 1, refused.stderr
+    result = run(ZEOPACK, "-a", server.address, "-d", "0", *tls)
+    assert result.returncode == 0, result.stderr
+    assert Path(f"{server.data_fs}.old").exists()  # packed
+
+
+def test_a_missing_tls_file_exits_2(tmp_path: Path) -> None:
+    result = run(ZEOPACK, "-a", "8100", "--ssl-certificate", tmp_path / "no.pem")
+    assert result.returncode == 2
+    assert "certificate: cannot load" in result.stderr
