@@ -180,3 +180,56 @@ def test_zeo4_authentication_fails_the_buildout(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert "[zeoserver] authentication-database:" in output
     assert "TLS" in output
+
+
+def test_tls_deployment_a_server_and_two_clients(tmp_path: Path, pids: Pids) -> None:
+    """The server recipe's ssl-* and the instance recipe's ssl-* options:
+    a write through one client is read through the other, over TLS."""
+    from support.certificates import Certificates
+
+    Certificates(tmp_path / "certificates").client("web")  # client-web.pem
+    zeo_port = free_port()
+    http_ports = {"client1": free_port(), "client2": free_port()}
+    config = buildout_header(" ".join(http_ports), extends=str(PROFILE))
+    config += f"""
+[zeoserver]
+zeo-address = {zeo_port}
+ssl-certificate = certificates/server.pem
+ssl-key = certificates/server.key
+ssl-authenticate = certificates/ca.pem
+
+[instance]
+zeo-address = localhost:{zeo_port}
+ssl-certificate = certificates/client-web.pem
+ssl-key = certificates/client-web.key
+ssl-authenticate = certificates/ca.pem
+"""
+    for name, port in http_ports.items():
+        config += f"\n[{name}]\n<= instance\nhttp-address = {port}\n"
+    result = run_buildout(tmp_path, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    zodb_conf = (tmp_path / "parts" / "client1" / "etc" / "zodb.conf").read_text()
+    assert "<ssl>" in zodb_conf
+    var = tmp_path / "var"
+    for name in ("zeoserver", *http_ports):
+        pids.watch(var / f"{name}.pid")
+    try:
+        assert bin_command(tmp_path, "zeoserver", "start") == 0
+        for name in http_ports:
+            assert bin_command(tmp_path, name, "start") == 0, name
+        base = {name: f"http://127.0.0.1:{port}" for name, port in http_ports.items()}
+        assert request("PUT", f"{base['client1']}/secret", b"over TLS")[0] == 201
+        seen = read_until(
+            lambda: request("GET", f"{base['client2']}/secret"),
+            lambda seen: seen == (200, b"over TLS"),
+            timeout=10,
+            interval=0.1,
+        )
+        assert seen == (200, b"over TLS")
+        log = (var / "log" / "zeoserver.log").read_text()
+        assert "web at 127.0.0.1:" in log  # the clients' certificate name
+        for name in http_ports:
+            assert bin_command(tmp_path, name, "stop") == 0, name
+        assert bin_command(tmp_path, "zeoserver", "stop") == 0
+    finally:
+        pids.kill_all()

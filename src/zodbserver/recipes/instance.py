@@ -18,6 +18,10 @@ Options (plone.recipe.zope2instance's names for the ZEO client part)::
     conflict-retries = 3
     var = ${buildout:directory}/var
     zodb-cache-size =                # objects per connection (ZODB's 5000)
+    ssl-certificate =                # TLS: this client's certificate,
+    ssl-key =                        #   its key, the CA the server's
+    ssl-authenticate =               #   certificate chains to, and the
+    ssl-server-hostname =            #   name it has (<ssl> in zodb.conf)
 
 The application is a WSGI application (``module:callable``, or an entry
 point ``egg:DIST#NAME`` in the ``zodbserver.application`` group) that finds
@@ -193,8 +197,30 @@ class Recipe:
             lines.append(f"    blob-cache-size {blob_cache_size}")
         if client:
             lines += [f"    client {client}", f"    var {self.var}"]
+        lines += self.ssl_lines()
         lines.append("  </clientstorage>")
         return lines
+
+    def ssl_lines(self) -> list[str]:
+        """``<ssl>`` for a TLS server: the client's certificate and key, the
+        CA the server's certificate chains to, the name it has."""
+        parsed = self.parsed
+        files = {
+            key: parsed.text(f"ssl-{key}")
+            for key in ("certificate", "key", "authenticate")
+        }
+        hostname = parsed.text("ssl-server-hostname")
+        if not any(files.values()) and not hostname:
+            return []
+        if files["key"] and not files["certificate"]:
+            raise parsed.fail("ssl-key", "needs ssl-certificate")
+        lines = ["    <ssl>"]
+        for key, value in files.items():
+            if value:
+                lines.append(f"      {key} {os.path.join(self.base, value)}")
+        if hostname:
+            lines.append(f"      server-hostname {hostname}")
+        return [*lines, "    </ssl>"]
 
     def install(self) -> list[str]:
         location = self.options["location"]
