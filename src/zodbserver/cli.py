@@ -47,6 +47,7 @@ from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from .foreground import PROGRAM, Plan, daemon_argv, serve
 from .logtail import logtail
 from .pidfile import AlreadyRunningError, probe
+from .server.access import load_rules
 from .server.settings import ServerSettings
 from .tls import SERVER_ONLY, ServerTLS, server_context
 from .units import parse_seconds
@@ -100,6 +101,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.read_only:
         settings = dataclasses.replace(settings, read_only=True)
         options.append("--read-only")
+    if args.access_rules is not None:
+        path = os.path.abspath(args.access_rules)
+        load_rules(path)  # a bad rule is an error now, not at start
+        settings = dataclasses.replace(settings, access_rules=path)
+        options += ["--access-rules", path]
     tls = _tls_options(args, settings.tls)
     if tls is not settings.tls:
         settings = dataclasses.replace(settings, tls=tls)
@@ -295,6 +301,12 @@ def _server_options(suppress: bool) -> argparse.ArgumentParser:
         default=default(None),
         help="CA file or directory clients' certificates must chain to, or "
         "SERVER-ONLY for no client certificates (as <ssl> authenticate)",
+    )
+    group.add_argument(
+        "--access-rules",
+        metavar="FILE",
+        default=default(None),
+        help="who may read, write or pack which storage (see the README)",
     )
     group.add_argument(
         "--user",

@@ -67,6 +67,7 @@ import ZODB.interfaces
 from .addresses import Address, parse_address
 from .errors import ConfigurationError, StorageInUseError
 from .protocol import DEFAULT_MAX_FRAME_SIZE
+from .server.access import load_rules
 from .server.settings import ServerSettings
 from .tls import ServerTLS, server_context
 from .units import parse_byte_size, parse_seconds
@@ -257,11 +258,23 @@ def _settings(zeo: Any, environ: Mapping[str, str]) -> ServerSettings:
             else DEFAULT_MAX_FRAME_SIZE
         ),
         pid_filename=zeo.pid_filename,
+        access_rules=zeo.access_rules,
         tls=None if zeo.ssl is None else zeo.ssl[0],
         tls_handshake_timeout=(
             defaults.tls_handshake_timeout if zeo.ssl is None else zeo.ssl[1]
         ),
     )
+
+
+def access_rules_file(value: str) -> str:
+    """ZConfig datatype for ``access-rules``: a rules file, parsed now so a
+    bad rule is reported with its file and line."""
+    path = os.path.abspath(value)
+    try:
+        load_rules(path)
+    except ConfigurationError as error:
+        raise ValueError(str(error)) from None
+    return path
 
 
 def server_tls(section: Any) -> tuple[ServerTLS, float]:

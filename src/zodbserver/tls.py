@@ -24,9 +24,8 @@ from __future__ import annotations
 import os
 import pkgutil
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from .errors import ConfigurationError
 
@@ -136,17 +135,3 @@ def _strict(context: ssl.SSLContext) -> None:
     context.verify_flags |= ssl.VERIFY_X509_STRICT
     if context.cert_store_stats()["crl"]:
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-
-
-def certificate_identity(certificate: Mapping[str, Any] | None) -> str | None:
-    """Who a verified peer certificate (``getpeercert()``) names: its
-    subject's common name, else its first subject alternative name."""
-    if not certificate:
-        return None
-    for relative_name in certificate.get("subject", ()):
-        for key, value in relative_name:
-            if key == "commonName":
-                return str(value)
-    for _kind, value in certificate.get("subjectAltName", ()):
-        return str(value)
-    return None

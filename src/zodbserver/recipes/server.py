@@ -22,6 +22,7 @@ The options are plone.recipe.zeoserver's, with its defaults::
     ssl-key =                           #   its key, and the CA (or directory)
     ssl-authenticate =                  #   clients' certificates chain to,
                                         #   or SERVER-ONLY (<ssl> in zeo.conf)
+    access-rules =                      # who may read, write or pack what
     pack-days = 1                       # bin/zeopack's default
     pack-gc = true                      # false: packing keeps unreachable objects
     pack-keep-old = true                # false: no Data.fs.old copy when packing
@@ -182,6 +183,9 @@ class Recipe:
             zeo.append(f"  transaction-timeout {timeout}")
         if parsed.flag("client-conflict-resolution"):
             zeo.append("  client-conflict-resolution true")
+        rules = parsed.text("access-rules")
+        if rules:
+            zeo.append(f"  access-rules {os.path.join(self.base, rules)}")
         return zeo + self.ssl_section()
 
     def ssl_section(self) -> list[str]:

@@ -70,7 +70,7 @@ async def serve(
     try:
         server.attach(loop)
         if reload is not None:
-            server.tasks.spawn(_reload_on_request(reload, tls), service=True)
+            server.tasks.spawn(_reload_on_request(reload, server, tls), service=True)
         bound: Address
         if isinstance(address, str):
             _remove_stale_socket(address)
@@ -97,14 +97,18 @@ async def serve(
         logger.info("shut down")
 
 
-async def _reload_on_request(reload: asyncio.Event, tls: TLSListener | None) -> None:
-    """Reload what can change without a restart, whenever asked."""
+async def _reload_on_request(
+    reload: asyncio.Event, server: StorageServer, tls: TLSListener | None
+) -> None:
+    """Reload what can change without a restart, whenever asked: the TLS
+    certificates and the access rules."""
     while True:
         await reload.wait()
         reload.clear()
         logger.info("reload requested")
         if tls is not None:
             tls.reload()
+        server.reload_access()
 
 
 async def _drain(server: StorageServer, connections: set[ServerProtocol]) -> None:

@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ZODB.POSException import (
-    ReadOnlyError,
-)
+from ZODB.POSException import ReadOnlyError, StorageError
 from ZODB.serialize import referencesf
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64, z64
 
+from .access import Access
 from .blobs import blob_storage
 from .status import StorageStatus
 from .storage_api import (
@@ -53,9 +52,17 @@ class Session(TransactionCalls):
         hosted = self.server.hosted.get(storage_name)
         if hosted is None:
             raise ValueError(f"unknown storage: {storage_name}")
+        self.access = self._granted(storage_name)
         if not read_only and (self.read_only or hosted.read_only):
             raise ReadOnlyError()
-        self.read_only = self.read_only or bool(read_only) or hosted.read_only
+        # A client the rules let read only is served as by a read-only
+        # storage: it registers, and its commits fail with ReadOnlyError.
+        self.read_only = (
+            self.read_only
+            or bool(read_only)
+            or hosted.read_only
+            or self.access < Access.WRITE
+        )
         self.hosted = hosted
         hosted.sessions.add(self)
         self.last_tid = hosted.storage.lastTransaction() or z64
@@ -128,6 +135,12 @@ class Session(TransactionCalls):
     # -- administration ---------------------------------------------------
 
     async def pack(self, t: float, wait: bool = True) -> None:
+        if self.access < Access.ADMIN:
+            raise StorageError(
+                f"access denied: {self.peer.credentials.describe()} may not pack "
+                f"storage {self._hosted.name!r} (it has {self.access.name.lower()} "
+                "access)"
+            )
         if wait:
             await self._pack(t)
         else:

@@ -15,6 +15,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from ZODB.POSException import StorageError
+
+from .access import Access, Credentials
 from .blobs import BlobUpload
 from .commit import PendingTransaction, VoteResult
 from .storage_api import ServedStorage, TransactionRecord
@@ -25,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 class Peer(Protocol):
     label: str
+    #: Who the client is, as far as the connection can tell.
+    credentials: Credentials
 
     def send_async(self, method: str, args: tuple[Any, ...]) -> None: ...
 
@@ -41,6 +46,8 @@ class SessionBase:
         self.peer = peer
         self.hosted: HostedStorage | None = None
         self.read_only = server.settings.read_only
+        #: What the access rules grant this client on its storage.
+        self.access = Access.ADMIN
         self.closed = False
         #: Invalidations for tids up to this one are not sent to the client.
         self.last_tid = b""
@@ -84,3 +91,47 @@ class SessionBase:
         upload, self._upload = self._upload, None
         if upload is not None:
             upload.discard()
+
+    # -- access ------------------------------------------------------------
+
+    def _granted(self, storage_name: str) -> Access:
+        """What the rules grant; refuse a client they grant nothing."""
+        rules = self.server.access
+        if rules is None:
+            return Access.ADMIN
+        client = self.peer.credentials
+        decision = rules.decide(storage_name, client)
+        if decision.access is Access.NONE:
+            where = (
+                decision.rule.origin if decision.rule else f"no rule in {rules.source}"
+            )
+            logger.warning(
+                "%s: refused: no access to storage %r (%s)",
+                self.peer.label,
+                storage_name,
+                where,
+            )
+            raise StorageError(
+                f"access denied: {client.describe()} has no access to storage "
+                f"{storage_name!r}"
+            )
+        logger.info(
+            "%s: %s access to storage %r (%s)",
+            self.peer.label,
+            decision.access.name.lower(),
+            storage_name,
+            decision.rule.origin if decision.rule else "",
+        )
+        return decision.access
+
+    def access_changed(self) -> None:
+        """The rules were reloaded: apply them to this registered client."""
+        hosted = self._hosted
+        try:
+            access = self._granted(hosted.name)
+        except StorageError:
+            self.peer.close()
+            return
+        self.access = access
+        if access < Access.WRITE:
+            self.read_only = True

@@ -36,3 +36,5 @@ class ServerSettings:
     tls: ServerTLS | None = None
     #: Seconds a client has to complete the TLS handshake.
     tls_handshake_timeout: float = 10.0
+    #: The access rules file (``access``); None lets every client do all.
+    access_rules: str | None = None

@@ -23,6 +23,8 @@ from ZODB.POSException import ConflictError
 from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
+from ..errors import ConfigurationError
+from .access import AccessRules, load_rules
 from .commit import CommitLock
 from .invalidations import InvalidationQueue
 from .recovery import forget_unfinished_transaction
@@ -62,6 +64,8 @@ class Subscriber(Protocol):
     def send_async(self, method: str, args: tuple[Any, ...]) -> None: ...
 
     def close_connection(self, reason: str) -> None: ...
+
+    def access_changed(self) -> None: ...
 
 
 def _refuse_conflict_resolution(
@@ -234,6 +238,25 @@ class StorageServer:
             name: HostedStorage(name, storage, settings)
             for name, storage in storages.items()
         }
+        #: Who may do what (``access``); None: everyone everything.
+        self.access: AccessRules | None = None
+        if settings.access_rules is not None:
+            self.access = load_rules(settings.access_rules)
+
+    def reload_access(self) -> None:
+        """Read the access rules again and apply them to every client
+        already registered; keep the old rules if the file is bad."""
+        if self.settings.access_rules is None:
+            return
+        try:
+            self.access = load_rules(self.settings.access_rules)
+        except ConfigurationError as error:
+            logger.error("access rules not reloaded, keeping the old ones: %s", error)
+            return
+        logger.info("access rules reloaded from %s", self.settings.access_rules)
+        for hosted in self.hosted.values():
+            for session in list(hosted.sessions):
+                session.access_changed()
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         for hosted in self.hosted.values():

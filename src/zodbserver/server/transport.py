@@ -36,7 +36,7 @@ from ..protocol import (
 )
 from ..protocol.connection import State
 from ..protocol.messages import MessageId
-from ..tls import certificate_identity
+from .access import Credentials, credentials
 from .methods import METHODS, TRANSACTION_CALLS, Method
 from .session import Session
 from .storage_server import StorageServer
@@ -62,8 +62,8 @@ class ServerProtocol(asyncio.Protocol):
         self.server = server
         self.session = Session(server, self)
         self.label = "unconnected"
-        #: Who the client's TLS certificate says it is (None: no certificate).
-        self.identity: str | None = None
+        #: Who the client is: its address, its TLS certificate's names.
+        self.credentials = Credentials()
         self._received = False
         self._connections = connections
         self._transport: asyncio.Transport | None = None
@@ -82,10 +82,16 @@ class ServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self.identity = certificate_identity(transport.get_extra_info("peercert"))
-        self.label = address_label(transport.get_extra_info("peername"))
-        if self.identity is not None:
-            self.label = f"{self.identity} at {self.label}"
+        peername = transport.get_extra_info("peername")
+        tls = transport.get_extra_info("ssl_object")
+        self.credentials = credentials(
+            peername,
+            transport.get_extra_info("peercert"),
+            tls.getpeercert(binary_form=True) if tls is not None else None,
+        )
+        self.label = address_label(peername)
+        if self.credentials.names:
+            self.label = f"{self.credentials.names[0]} at {self.label}"
         self._connections.add(self)
         self._transport.write(self.connection.greeting())
 

@@ -1,0 +1,170 @@
+"""Access rules per client identity, over TLS, with both clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import transaction
+import ZEO.ClientStorage
+import ZEO.Exceptions
+import ZODB
+from ZODB.MappingStorage import MappingStorage
+from ZODB.POSException import ReadOnlyError, StorageError
+
+import zodbserver
+from support.certificates import Certificates
+from zodbserver.server.settings import ServerSettings
+from zodbserver.server.thread import ServerThread
+from zodbserver.tls import ServerTLS, client_context
+
+RULES = """\
+# storage  client          access
+main       name:web*       write
+main       name:reports    read
+other      name:reports    write
+*          name:admin      admin
+"""
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return Certificates(tmp_path_factory.mktemp("certificates"))
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    path = tmp_path / "access.rules"
+    path.write_text(RULES)
+    return path
+
+
+@pytest.fixture
+def server(certificates: Certificates, rules: Path) -> Iterator[ServerThread]:
+    pem = certificates.server
+    settings = ServerSettings(
+        ("127.0.0.1", 0),
+        tls=ServerTLS(pem.certificate, pem.key, certificates.ca_file),
+        access_rules=str(rules),
+    )
+    server = ServerThread(
+        {"main": MappingStorage(), "other": MappingStorage()}, settings
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def open_storage(
+    kind: str,
+    server: ServerThread,
+    certificates: Certificates,
+    identity: str,
+    storage: str = "main",
+    **options: Any,
+) -> Any:
+    pem = certificates.client(identity)
+    context = client_context(
+        certificate=pem.certificate, key=pem.key, authenticate=certificates.ca_file
+    )
+    options.setdefault("wait_timeout", 30)
+    factory = (
+        ZEO.ClientStorage.ClientStorage if kind == "zeo" else zodbserver.ClientStorage
+    )
+    return factory(
+        server.address,
+        storage=storage,
+        ssl=context,
+        ssl_server_hostname="127.0.0.1",
+        **options,
+    )
+
+
+def commit(storage: Any, value: str) -> None:
+    database = ZODB.DB(storage)
+    try:
+        with database.transaction() as connection:
+            connection.root()["value"] = value
+    finally:
+        database.close()
+
+
+@pytest.mark.parametrize("kind", ["zeo", "ours"])
+def test_write_read_and_none(
+    server: ServerThread, certificates: Certificates, kind: str
+) -> None:
+    commit(open_storage(kind, server, certificates, "web1"), "written by web1")
+    reader = open_storage(kind, server, certificates, "reports")
+    database = ZODB.DB(reader)
+    try:
+        connection = database.open()
+        assert connection.root()["value"] == "written by web1"
+        connection.root()["value"] = "changed by reports"
+        with pytest.raises(ReadOnlyError):
+            transaction.commit()
+        transaction.abort()
+        connection.close()
+    finally:
+        database.close()
+
+
+def test_an_unknown_identity_is_refused_naming_it_and_the_storage(
+    server: ServerThread, certificates: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, "zodbserver"),
+        pytest.raises(zodbserver.ClientDisconnected) as raised,
+    ):
+        open_storage("ours", server, certificates, "stranger", wait_timeout=2)
+    message = str(raised.value)
+    assert "access denied: client 'stranger'" in message
+    assert "'main'" in message
+    assert "stranger at 127.0.0.1:" in caplog.text
+    assert "refused: no access to storage 'main'" in caplog.text
+    # ZEO's client is refused the same way.
+    with pytest.raises(ZEO.Exceptions.ClientDisconnected):
+        open_storage("zeo", server, certificates, "stranger", wait_timeout=2)
+
+
+def test_two_storages_with_different_rules(
+    server: ServerThread, certificates: Certificates
+) -> None:
+    commit(open_storage("ours", server, certificates, "reports", "other"), "report")
+    with pytest.raises(zodbserver.ClientDisconnected, match="'other'"):
+        open_storage("ours", server, certificates, "web1", "other", wait_timeout=2)
+
+
+def test_only_admin_packs(server: ServerThread, certificates: Certificates) -> None:
+    writer = open_storage("ours", server, certificates, "web1")
+    try:
+        with pytest.raises(StorageError, match="may not pack storage 'main'"):
+            writer.pack()
+    finally:
+        writer.close()
+    admin = open_storage("ours", server, certificates, "admin")
+    try:
+        admin.pack()
+    finally:
+        admin.close()
+
+
+def test_reloaded_rules_apply_to_connected_clients(
+    server: ServerThread, certificates: Certificates, rules: Path
+) -> None:
+    web = open_storage("ours", server, certificates, "web1", wait_timeout=2)
+    reports = open_storage("ours", server, certificates, "reports")
+    try:
+        rules.write_text(RULES.replace("main       name:web*       write\n", ""))
+        server.reload()
+        # web1 has no access any more: dropped, and refused when it redials.
+        assert web.wait_until_disconnected(10)
+        with pytest.raises(zodbserver.ClientDisconnected, match="access denied"):
+            web.ping()
+        reports.ping()  # still connected, still served
+        assert reports.is_connected()
+    finally:
+        web.close()
+        reports.close()
