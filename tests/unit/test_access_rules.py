@@ -101,3 +101,16 @@ def test_credentials_from_a_certificate() -> None:
     assert found.address == "10.0.0.5"
     assert found.fingerprint == FINGERPRINT
     assert credentials("/run/zeo.sock", None, None) == Credentials(None, (), None)
+
+
+def test_zeo_conf_names_a_bad_rule(tmp_path) -> None:
+    from zodbserver.config import load_config
+
+    rules = tmp_path / "access.rules"
+    rules.write_text("main name:web* write\nmain name:x sometimes\n")
+    conf = tmp_path / "zeo.conf"
+    conf.write_text(f"<zeo>\n  access-rules {rules}\n</zeo>\n<mappingstorage 1/>\n")
+    with pytest.raises(ConfigurationError, match=r"access\.rules:2: unknown access"):
+        load_config(conf)
+    rules.write_text("main name:web* write\n")
+    assert load_config(conf).settings.access_rules == str(rules)
