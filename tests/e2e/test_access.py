@@ -168,3 +168,24 @@ def test_reloaded_rules_apply_to_connected_clients(
     finally:
         web.close()
         reports.close()
+
+
+def test_server_status_names_the_client_and_admins_see_every_client(
+    server: ServerThread, certificates: Certificates
+) -> None:
+    web = open_storage("ours", server, certificates, "web1")
+    admin = open_storage("zeo", server, certificates, "admin")
+    try:
+        status = web.server_status()
+        assert status["identity"] == "web1"
+        assert status["access"] == "write"
+        assert "clients" not in status
+        assert status["connections"] == 2  # ZEO's keys stay
+        clients = admin.server_status()["clients"]
+        assert any(entry.startswith("web1 at 127.0.0.1:") for entry in clients)
+        assert any(
+            "admin at 127.0.0.1:" in entry and "(admin)" in entry for entry in clients
+        )
+    finally:
+        web.close()
+        admin.close()

@@ -20,7 +20,7 @@ from ZODB.utils import p64, u64, z64
 
 from .access import Access
 from .blobs import blob_storage
-from .status import StorageStatus
+from .status import SessionStatus
 from .storage_api import (
     DataRecord,
     LoadResult,
@@ -83,8 +83,19 @@ class Session(TransactionCalls):
     def ping(self) -> None:
         return None
 
-    def server_status(self) -> StorageStatus:
-        return self._hosted.status()
+    def server_status(self) -> SessionStatus:
+        hosted = self._hosted
+        names = self.peer.credentials.names
+        status = SessionStatus(
+            **hosted.status(),
+            identity=names[0] if names else None,
+            access=self.access.name.lower(),
+        )
+        if self.access >= Access.ADMIN:
+            status["clients"] = sorted(
+                session.describe() for session in hosted.sessions
+            )
+        return status
 
     def set_client_label(self, label: str) -> None:
         self.peer.label = f"{label} {self.peer.label}"

@@ -124,6 +124,10 @@ class SessionBase:
         )
         return decision.access
 
+    def describe(self) -> str:
+        """This client in ``server_status``'s list: label and access."""
+        return f"{self.peer.label} ({self.access.name.lower()})"
+
     def access_changed(self) -> None:
         """The rules were reloaded: apply them to this registered client."""
         hosted = self._hosted

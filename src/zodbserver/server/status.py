@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 #: One storage's status, in ZEO's keys (``server_status()``, ``ruok``).
 StorageStatus = TypedDict(
@@ -29,6 +29,16 @@ StorageStatus = TypedDict(
         "last-transaction": str,
     },
 )
+
+
+class SessionStatus(StorageStatus):
+    """``server_status()`` as one client sees it: its storage's status, who
+    the server takes the client to be, and -- for an ``admin`` client --
+    every client connected to the storage."""
+
+    identity: str | None
+    access: str
+    clients: NotRequired[list[str]]
 
 
 @dataclass

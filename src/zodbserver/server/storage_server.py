@@ -67,6 +67,8 @@ class Subscriber(Protocol):
 
     def access_changed(self) -> None: ...
 
+    def describe(self) -> str: ...
+
 
 def _refuse_conflict_resolution(
     oid: bytes,
