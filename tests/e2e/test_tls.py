@@ -283,3 +283,29 @@ def test_our_client_against_zeos_tls_server(
             commit_and_read(db, "our client, ZEO's TLS server")
         finally:
             db.close()
+
+
+def test_a_tls_server_process_completes_every_handshake(
+    certificates: Certificates, tmp_path: Path
+) -> None:
+    """Many clients in a row, against the server as ``zeoserver`` runs it
+    (the process picks its event loop: uvloop's start_tls lost handshakes)."""
+    pem = certificates.server
+    server = ServerProcess(
+        "ours",
+        tmp_path,
+        zeo_lines=(
+            "<ssl>",
+            f"  certificate {pem.certificate}",
+            f"  key {pem.key}",
+            f"  authenticate {certificates.ca_file}",
+            "</ssl>",
+        ),
+    )
+    tls = context(certificates, certificates.client("web1"))
+    with server:
+        server.start()
+        for _ in range(100):
+            plain = socket.create_connection(server.address, timeout=10)
+            with tls.wrap_socket(plain, server_hostname="127.0.0.1") as encrypted:
+                assert encrypted.recv(100)  # the server's greeting

@@ -192,7 +192,7 @@ def run(
                 with contextlib.suppress(OSError):
                     os.unlink(settings.pid_filename)
 
-    _event_loop_runner()(main())
+    _event_loop_runner(settings)(main())
     return outcome["code"]
 
 
@@ -203,8 +203,15 @@ def _write_pid_file(path: str) -> None:
     os.replace(temporary, path)
 
 
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    """uvloop's runner when it is installed, asyncio's otherwise."""
+def _event_loop_runner(
+    settings: ServerSettings,
+) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's runner when it is installed, asyncio's otherwise -- and
+    asyncio's for a TLS server: uvloop's ``start_tls`` can hand the first
+    bytes of a client's handshake to the protocol it replaces, and the
+    handshake then never completes (uvloop issue 707)."""
+    if settings.tls is not None:
+        return asyncio.run
     try:
         import uvloop
     except ImportError:

@@ -62,10 +62,12 @@ class TLSAcceptor(asyncio.Protocol):
         self._listener = listener
         self._make_protocol = make_protocol
         self._tasks = tasks
+        self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         tcp = cast(asyncio.Transport, transport)
+        self._transport = tcp
         tcp.pause_reading()  # until start_tls takes over
         self._tasks.spawn(self._upgrade(tcp), service=True)
 
@@ -98,8 +100,13 @@ class TLSAcceptor(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         pass  # before or during the handshake: ``_upgrade`` reports it
 
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - paused
-        raise AssertionError("data before the TLS handshake")
+    def data_received(self, data: bytes) -> None:
+        # Reading is paused until start_tls takes over, and asyncio's loop
+        # keeps that; a loop that does not would lose these bytes of the
+        # handshake (hence no uvloop for TLS servers: ``main.py``).
+        logger.warning("data before the TLS handshake began; closing")
+        if self._transport is not None:
+            self._transport.close()
 
 
 def describe_failure(error: BaseException, timeout: float) -> str:
