@@ -6,6 +6,8 @@ same way.  ZEO is imported lazily: it is a benchmark-only dependency.
 
 from __future__ import annotations
 
+import os
+import ssl
 from typing import Any
 
 #: Client kinds: the ``client`` half of a system.
@@ -14,6 +16,10 @@ ZEO = "zeo"
 FILESTORAGE = "filestorage"
 
 CONNECT_TIMEOUT = 30.0
+
+#: Set by ``python -m bench --tls`` (and inherited by the workers): the
+#: directory of ``tls.Certificates``' files; clients then speak TLS.
+TLS_ENVIRONMENT = "ZODBSERVER_BENCH_TLS"
 
 
 def open_storage(
@@ -40,6 +46,9 @@ def open_storage(
         options["blob_dir"] = blob_dir
     if cache_name is not None:
         options.update(client=cache_name, var=cache_dir)
+    certificates = os.environ.get(TLS_ENVIRONMENT)
+    if certificates:
+        options.update(ssl=client_tls(certificates), ssl_server_hostname="127.0.0.1")
     if kind == OURS:
         from zodbserver import ClientStorage
 
@@ -49,3 +58,37 @@ def open_storage(
 
         return ZeoClientStorage(tuple(target), **options)
     raise ValueError(f"unknown client kind {kind!r}")
+
+
+def client_tls(directory: str) -> ssl.SSLContext:
+    """The same client context for both stacks: the bench CA, the client
+    certificate ``bench``."""
+    from zodbserver.tls import client_context
+
+    return client_context(
+        certificate=os.path.join(directory, "client.pem"),
+        key=os.path.join(directory, "client.key"),
+        authenticate=os.path.join(directory, "ca.pem"),
+    )
+
+
+def make_certificates(directory: str) -> str:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate,
+    made with trustme into ``directory``; the directory."""
+    import trustme
+
+    os.makedirs(directory, exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("bench", common_name="bench")
+    files = {
+        "ca.pem": ca.cert_pem.bytes(),
+        "server.pem": b"".join(blob.bytes() for blob in server.cert_chain_pems),
+        "server.key": server.private_key_pem.bytes(),
+        "client.pem": b"".join(blob.bytes() for blob in client.cert_chain_pems),
+        "client.key": client.private_key_pem.bytes(),
+    }
+    for name, data in files.items():
+        with open(os.path.join(directory, name), "wb") as file:
+            file.write(data)
+    return directory

@@ -16,7 +16,6 @@ import selectors
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -140,20 +139,25 @@ def free_port() -> int:
         return port
 
 
-def zeo_conf(path: str, blob_dir: str, port: int, msgpack: bool | None) -> str:
-    encoding = "" if msgpack is None else f"msgpack {str(msgpack).lower()}"
-    return textwrap.dedent(
-        f"""\
-        <zeo>
-          address 127.0.0.1:{port}
-          {encoding}
-        </zeo>
-        <filestorage 1>
-          path {path}
-          blob-dir {blob_dir}
-        </filestorage>
-        """
-    )
+def zeo_conf(
+    path: str, blob_dir: str, port: int, msgpack: bool | None, tls: str | None = None
+) -> str:
+    """``tls``: a directory of ``clients.make_certificates`` files: both
+    servers then take the same ``<ssl>`` section."""
+    zeo = [f"  address 127.0.0.1:{port}"]
+    if msgpack is not None:
+        zeo.append(f"  msgpack {str(msgpack).lower()}")
+    if tls:
+        zeo += [
+            "  <ssl>",
+            f"    certificate {tls}/server.pem",
+            f"    key {tls}/server.key",
+            f"    authenticate {tls}/ca.pem",
+            "  </ssl>",
+        ]
+    lines = ["<zeo>", *zeo, "</zeo>", "<filestorage 1>", f"  path {path}"]
+    lines += [f"  blob-dir {blob_dir}", "</filestorage>"]
+    return "\n".join(lines) + "\n"
 
 
 def start_server(
@@ -163,16 +167,18 @@ def start_server(
     blob_dir: str,
     work_dir: str,
     msgpack: bool | None = None,
+    tls: str | None = None,
 ) -> tuple[Child, tuple[str, int]]:
     """Start server ``kind`` (``"zeo"`` or ``"ours"``) on the given storage.
 
     ``msgpack``: the encoding to announce; None leaves each server's default
-    (ZEO: pickle, ``Z5``; ours: msgpack, ``M5``).
+    (ZEO: pickle, ``Z5``; ours: msgpack, ``M5``).  ``tls``: serve over TLS
+    with the certificates in that directory (``zeo_conf``).
     """
     port = free_port()
     conf = os.path.join(work_dir, f"{kind}-server.conf")
     with open(conf, "w") as file:
-        file.write(zeo_conf(path, blob_dir, port, msgpack))
+        file.write(zeo_conf(path, blob_dir, port, msgpack, tls))
     if kind == "zeo":
         argv = [sys.executable, "-m", "ZEO.runzeo", "-C", conf]
     else:

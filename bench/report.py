@@ -188,6 +188,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- {info['os']}; {info['python']}",
         f"- packages: {packages}",
         f"- wire encoding: {results['encodings']}",
+        f"- transport: {'TLS (mutual)' if results['options'].get('tls') else 'TCP'}",
         f"- load average at start {_loads(info['load_average_at_start'])}, at end "
         f"{_loads(info.get('load_average_at_end'))}",
         f"- total time: {results['elapsed_s']:.0f} s",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
+from .clients import TLS_ENVIRONMENT, make_certificates
 from .data import build_seed, copy_seed
 from .processes import Children, start_server
 from .systems import BASELINE, MATRIX, System
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="encoding both servers announce: each one's default (ZEO Z5, ours "
         "M5), msgpack (M5) or pickle (Z5)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="both servers over TLS (mutual, the same certificates), every "
+        "client with a client certificate",
     )
     parser.add_argument(
         "--list", action="store_true", help="list the workloads and exit"
@@ -199,7 +206,11 @@ def _run(
     )
     oids = _object_oids(seed.path, seed.blob_dir)
     msgpack = {"default": None, "M5": True, "Z5": False}[args.wire]
-    systems = _start_systems(seed, temp, children, msgpack)
+    tls = None
+    if args.tls:
+        tls = make_certificates(os.path.join(temp, "certificates"))
+        os.environ[TLS_ENVIRONMENT] = tls  # the clients, workers included
+    systems = _start_systems(seed, temp, children, msgpack, tls)
     context = Context(settings, seed, oids, children)
     encodings = _encodings(systems)
     results_by_workload = []
@@ -234,6 +245,7 @@ def _run(
             "commit_seconds": settings.commit_duration,
             "rss_clients": settings.rss_clients,
             "wire": args.wire,
+            "tls": args.tls,
             "payload_bytes": "~570 per record",
         },
         "encodings": encodings,
@@ -271,13 +283,15 @@ def _object_oids(path: str, blob_dir: str) -> list[bytes]:
 
 
 def _start_systems(
-    seed: Any, temp: str, children: Children, msgpack: bool | None
+    seed: Any, temp: str, children: Children, msgpack: bool | None, tls: str | None
 ) -> list[System]:
     servers = {}
     for kind in ("zeo", "ours"):
         path, blob_dir = copy_seed(seed, os.path.join(temp, f"{kind}-server"))
         _log(f"starting the {kind} server")
-        child, address = start_server(children, kind, path, blob_dir, temp, msgpack)
+        child, address = start_server(
+            children, kind, path, blob_dir, temp, msgpack, tls
+        )
         servers[kind] = (child.pid, address)
     floor = copy_seed(seed, os.path.join(temp, "filestorage"))
     systems = []

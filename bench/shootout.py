@@ -6,10 +6,10 @@ This runs it, unmodified, twice in one run: once through ZEO 6's client
 (``<clientstorage>``) against ours, each server a child process over a fresh
 FileStorage.  The two runs use separate configuration files because ZEO's
 and zodbserver's ZConfig components both define the ``clientstorage`` and
-``ssl`` section types, so one file cannot import both.  The report gives each workload's median
-per concurrency level and the ratio ours / ZEO (below 1 is faster: every
-figure is a time).  zodbshootout also times an in-process MappingStorage
-as a floor; it is shown as it comes.
+``ssl`` section types, so one file cannot import both.  The report gives
+each workload's median per concurrency level and the ratio ours / ZEO
+(below 1 is faster: every figure is a time).  zodbshootout also times an
+in-process MappingStorage as a floor; it is shown as it comes.
 
 Results go to ``--output`` (default ``bench/results``) as ``shootout.json``
 and ``SHOOTOUT.md``.  Exit status 1 if zodbshootout failed or a workload is
