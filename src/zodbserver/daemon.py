@@ -209,14 +209,8 @@ def print_log_since(log_file: str, offset: int, limit: int = LOG_TAIL_LINES) -> 
 
 def stop(program: str, pid_file: str, timeout: float) -> int:
     """SIGTERM the process holding ``pid_file``, and wait until it is gone."""
-    state, pid = probe(pid_file)
-    if state != "running" or pid is None:
-        print(f"{program} is not running ({pid_file})", file=sys.stderr)
-        return EXIT_FAILURE
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        print(f"{program} is not running (pid {pid} is gone)", file=sys.stderr)
+    pid = _signal(program, pid_file, signal.SIGTERM)
+    if pid is None:
         return EXIT_FAILURE
     if not wait_for_exit(pid, pid_file, timeout):
         print(
@@ -232,17 +226,26 @@ def stop(program: str, pid_file: str, timeout: float) -> int:
 def reload(program: str, pid_file: str) -> int:
     """SIGUSR1 the process holding ``pid_file``: it reloads its TLS
     certificates (and keeps serving; its log says how that went)."""
-    state, pid = probe(pid_file)
-    if state != "running" or pid is None:
-        print(f"{program} is not running ({pid_file})", file=sys.stderr)
-        return EXIT_FAILURE
-    try:
-        os.kill(pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        print(f"{program} is not running (pid {pid} is gone)", file=sys.stderr)
+    pid = _signal(program, pid_file, signal.SIGUSR1)
+    if pid is None:
         return EXIT_FAILURE
     print(f"{program} asked to reload (pid {pid}); see its log")
     return EXIT_OK
+
+
+def _signal(program: str, pid_file: str, signum: int) -> int | None:
+    """Send ``signum`` to the process holding ``pid_file``: its pid, or
+    None (said on stderr) when it does not run."""
+    state, pid = probe(pid_file)
+    if state != "running" or pid is None:
+        print(f"{program} is not running ({pid_file})", file=sys.stderr)
+        return None
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        print(f"{program} is not running (pid {pid} is gone)", file=sys.stderr)
+        return None
+    return pid
 
 
 def wait_for_exit(pid: int, pid_file: str, timeout: float) -> bool:
