@@ -234,3 +234,34 @@ def test_instance_application_by_entry_point(tmp_path: Path) -> None:
 def test_shared_blob_needs_blob_storage(tmp_path: Path) -> None:
     with pytest.raises(zc.buildout.UserError, match=r"^\[client1\] shared-blob: "):
         instance.Recipe(fake_buildout(tmp_path), "client1", {"shared-blob": "true"})
+
+
+def test_instance_ssl_options_reach_zodb_conf_and_zope_conf(tmp_path: Path) -> None:
+    from support.certificates import Certificates
+
+    Certificates(tmp_path / "certificates").client("web")
+    tls = {
+        "ssl-certificate": "certificates/client-web.pem",
+        "ssl-key": "certificates/client-web.key",
+        "ssl-authenticate": "certificates/ca.pem",
+        "ssl-server-hostname": "db.example",
+    }
+    zodb = install_instance(tmp_path, **tls)["zodb-conf"]
+    assert f"certificate {tmp_path}/certificates/client-web.pem" in zodb
+    assert f"authenticate {tmp_path}/certificates/ca.pem" in zodb
+    assert "server-hostname db.example" in zodb
+    zope_part = tmp_path / "zope"
+    zope_part.mkdir()
+    Certificates(zope_part / "certificates").client("web")
+    recipe = instance.Recipe(
+        fake_buildout(zope_part), "client1", {"application": "zope", **tls}
+    )
+    recipe.install()
+    zope_conf = (zope_part / "parts" / "client1" / "etc" / "zope.conf").read_text()
+    assert "<ssl>" in zope_conf
+    assert f"key {zope_part}/certificates/client-web.key" in zope_conf
+
+
+def test_instance_ssl_key_needs_a_certificate(tmp_path: Path) -> None:
+    with pytest.raises(zc.buildout.UserError, match=r"^\[client1\] ssl-key: "):
+        instance.Recipe(fake_buildout(tmp_path), "client1", {"ssl-key": "k.pem"})
