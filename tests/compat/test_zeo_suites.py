@@ -10,7 +10,8 @@ thread, and everything else -- the client, the tests, their assertions -- is
 ZEO's, unchanged.  Every FileStorage class runs in both wire encodings.
 
 ZEO names its test methods ``check*``; each is collected here as
-``test_check*``.  None is left out.
+``test_check*``.  None is left out.  ZEO's TLS class runs as it is, and its
+blob class is also run over ZEO's TLS setup.
 The FileStorage classes also run ZODB's ``HistoryStorage`` and
 ``PersistentStorage`` mixins, which ZEO runs elsewhere.
 
@@ -138,6 +139,17 @@ class TestFileStoragePickle(OurServer, testZEO.FileStorageTests, _WithHistory):
 class TestFileStorageSSL(OurServer, testZEO.FileStorageSSLTests):
     """ZEO's TLS configuration (its zeo.conf ``<ssl>`` and its client
     context) against our server."""
+
+
+@zeo_checks
+class TestBlobsOverSSL(OurServer, testZEO.BlobAdaptedFileStorageTests):
+    """ZEO's blob checks, uploads and downloads, over ZEO's TLS setup."""
+
+    def getZEOConfig(self) -> str:  # noqa: N802 - ZEO's name
+        return str(testZEO.testssl.server_config)
+
+    def _client_options(self) -> dict[str, object]:
+        return {"ssl": testZEO.testssl.client_ssl()}
 
 
 @zeo_checks
