@@ -115,12 +115,13 @@ class SessionBase:
                 f"access denied: {client.describe()} has no access to storage "
                 f"{storage_name!r}"
             )
+        assert decision.rule is not None  # only "no rule" grants nothing
         logger.info(
             "%s: %s access to storage %r (%s)",
             self.peer.label,
             decision.access.name.lower(),
             storage_name,
-            decision.rule.origin if decision.rule else "",
+            decision.rule.origin,
         )
         return decision.access
 
