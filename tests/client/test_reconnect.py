@@ -15,6 +15,7 @@ from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle, zodb_unpickle
 from ZODB.utils import z64
 
+from support.waiting import wait_until
 from zodbserver.client import ClientDisconnected, ClientStorage
 
 from .conftest import ServerHandle
@@ -302,9 +303,7 @@ def test_read_only_fallback_then_upgrade_to_writable(
     writable.restart()
     # The switch can be too quick to observe a disconnected moment: wait
     # (bounded) for the client to be writable instead.
-    deadline = time.monotonic() + 10
-    while client.isReadOnly() and time.monotonic() < deadline:
-        client.wait_until_disconnected(0.05)
+    wait_until(lambda: not client.isReadOnly(), "the writable server", timeout=10)
     assert client.wait_until_connected(10)
     assert not client.isReadOnly()
     oid = client.new_oid()

@@ -17,6 +17,7 @@ from ZODB.POSException import ReadOnlyError, StorageError
 
 import zodbserver
 from support.certificates import Certificates
+from support.waiting import wait_until
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.thread import ServerThread
 from zodbserver.tls import ServerTLS, client_context
@@ -189,3 +190,23 @@ def test_server_status_names_the_client_and_admins_see_every_client(
     finally:
         web.close()
         admin.close()
+
+
+def test_a_bad_rules_file_on_reload_keeps_the_old_rules(
+    server: ServerThread,
+    certificates: Certificates,
+    rules: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    web = open_storage("ours", server, certificates, "web1")
+    try:
+        rules.write_text("main name:web* everything\n")
+        with caplog.at_level(logging.ERROR, "zodbserver"):
+            server.reload()
+            wait_until(
+                lambda: "access rules not reloaded" in caplog.text, "the reload's error"
+            )
+        assert "access.rules:1: unknown access 'everything'" in caplog.text
+        commit(web, "still allowed")  # the old rules stand; web1 stays
+    finally:
+        web.close()

@@ -13,7 +13,6 @@ and reads a blob back).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from ZEO.ClientStorage import ClientStorage as ZEOClientStorage
 from ZODB.blob import Blob
 from ZODB.FileStorage import FileStorage
 
+from support.waiting import wait_until
 from zodbserver.protocol import ErrorReply
 from zodbserver.server.thread import ServerThread
 
@@ -42,14 +42,6 @@ CHUNK = 59000
 
 def files_under(directory: Path) -> set[Path]:
     return {path for path in directory.rglob("*") if path.is_file()}
-
-
-def wait_until(condition: Any, what: str) -> None:
-    """Poll ``condition`` for up to ``PROMPTLY`` seconds."""
-    deadline = time.monotonic() + PROMPTLY
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
 
 
 @dataclass
@@ -266,7 +258,9 @@ def test_disconnect_mid_upload_removes_the_temporary_file(server: BlobServer) ->
         oid = _start_upload(client, chunks=20)
         (upload,) = server.uploads()
         assert upload.stat().st_size == 20 * CHUNK
-    wait_until(lambda: server.uploads() == [], "the upload file is removed")
+    wait_until(
+        lambda: server.uploads() == [], "the upload file is removed", timeout=PROMPTLY
+    )
     assert server.tids() == tids
     assert files_under(server.blob_dir) == blobs_before
     with server.registered() as client:
@@ -284,7 +278,9 @@ def test_disconnect_after_store_blob_end_removes_the_upload(
         client.call_async("storeBlobEnd", oid, Z64, record("upload"), 1)
         assert client.result("ping") is None
         assert len(server.uploads()) == 1  # finished, waiting for the vote
-    wait_until(lambda: server.uploads() == [], "the upload file is removed")
+    wait_until(
+        lambda: server.uploads() == [], "the upload file is removed", timeout=PROMPTLY
+    )
     assert server.tids() == tids
     assert files_under(server.blob_dir) == blobs_before
     server.assert_intact()
@@ -301,6 +297,7 @@ def test_disconnect_after_the_vote_leaves_no_blob(server: BlobServer) -> None:
     wait_until(
         lambda: files_under(server.blob_dir) == blobs_before,
         "the voted blob is removed",
+        timeout=PROMPTLY,
     )
     assert server.uploads() == []
     assert server.tids() == tids

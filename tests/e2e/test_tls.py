@@ -309,3 +309,34 @@ def test_a_tls_server_process_completes_every_handshake(
             plain = socket.create_connection(server.address, timeout=10)
             with tls.wrap_socket(plain, server_hostname="127.0.0.1") as encrypted:
                 assert encrypted.recv(100)  # the server's greeting
+
+
+def test_a_reload_that_cannot_read_the_files_keeps_the_certificates(
+    certificates: Certificates, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    certificate = tmp_path / "server.pem"
+    shutil.copy(certificates.server.certificate, certificate)
+    tls = ServerTLS(str(certificate), certificates.server.key, certificates.ca_file)
+    server = ServerThread(
+        {"1": MappingStorage()}, ServerSettings(("127.0.0.1", 0), tls=tls)
+    )
+    server.start()
+    try:
+        certificate.write_text("not a certificate\n")
+        with caplog.at_level(logging.ERROR, "zodbserver"):
+            server.reload()
+            wait_until(
+                lambda: (
+                    "TLS reload failed, keeping the current certificates" in caplog.text
+                ),
+                "the reload's error",
+            )
+        db = open_db(
+            "ours", server.address, context(certificates, certificates.client("web1"))
+        )
+        try:
+            commit_and_read(db, "with the certificates loaded at start")
+        finally:
+            db.close()
+    finally:
+        server.stop()
