@@ -9,7 +9,6 @@ import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,28 +72,27 @@ def test_a_file_of_whole_reads_ends_with_an_empty_read() -> None:
     assert [len(batch) for batch in reads] == [CHUNKS_PER_READ, 0]
 
 
-nowait_reads = pytest.mark.skipif(
-    not getattr(os, "RWF_NOWAIT", 0), reason="reads that never wait are Linux's"
-)
+#: The suite runs on Linux (README), whose preadv2 has RWF_NOWAIT.
+LINUX_NOWAIT = "reads that never wait need Linux's RWF_NOWAIT"
 
 
-@nowait_reads
 @settings(max_examples=25, deadline=None)
 @given(st.one_of(st.sampled_from(EDGES), st.integers(0, 3 * READ)))
 def test_cached_reads_give_what_reads_in_a_thread_give(size: int) -> None:
+    assert getattr(os, "RWF_NOWAIT", 0), LINUX_NOWAIT
     data = pattern(size)
     cached = read_file_cached(data)
     threaded, _ = read_all(data)
     assert [[bytes(chunk) for chunk in batch] for batch in cached] == threaded
 
 
-@nowait_reads
 def test_a_file_dropped_from_the_page_cache_is_read_whole(
     tmp_path: os.PathLike[str],
 ) -> None:
     """Dropped from memory, the file cannot be read without waiting (unless
     the kernel's readahead brought it back already): it is read in a
     thread from where the stream stood, and either way whole."""
+    assert getattr(os, "RWF_NOWAIT", 0), LINUX_NOWAIT
     data = pattern(3 * BLOB_CHUNK_SIZE + 5)
     path = os.path.join(tmp_path, "blob")
     with open(path, "wb") as file:
