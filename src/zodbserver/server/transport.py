@@ -64,7 +64,9 @@ class ServerProtocol(asyncio.Protocol):
         self.label = "unconnected"
         #: Who the client is: its address, its TLS certificate's names.
         self.credentials = Credentials()
-        self._received = False
+        #: Set until the first bytes of a plain-TCP client are seen: a TLS
+        #: client on a plain port is told apart from junk by them.
+        self._first_plain_data = False
         self._connections = connections
         self._transport: asyncio.Transport | None = None
         #: Writes not yet handed to the transport (None: none pending).
@@ -84,6 +86,7 @@ class ServerProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         tls = transport.get_extra_info("ssl_object")
+        self._first_plain_data = tls is None
         self.credentials = credentials(
             peername,
             transport.get_extra_info("peercert"),
@@ -96,9 +99,9 @@ class ServerProtocol(asyncio.Protocol):
         self._transport.write(self.connection.greeting())
 
     def data_received(self, data: bytes) -> None:
-        if not self._received:
-            self._received = True
-            if data.startswith(TLS_HANDSHAKE) and not self._is_tls():
+        if self._first_plain_data:
+            self._first_plain_data = False
+            if data.startswith(TLS_HANDSHAKE):
                 logger.warning(
                     "%s: a TLS client on a plain port (this server has no <ssl>), "
                     "closing",
@@ -121,11 +124,6 @@ class ServerProtocol(asyncio.Protocol):
             self.close()
         finally:
             self._flush()
-
-    def _is_tls(self) -> bool:
-        return self._transport is not None and (
-            self._transport.get_extra_info("sslcontext") is not None
-        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
