@@ -20,7 +20,7 @@ from support.certificates import Certificates
 from support.waiting import wait_until
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.thread import ServerThread
-from zodbserver.tls import ServerTLS, client_context
+from zodbserver.tls import ServerTLS
 
 RULES = """\
 # storage  client          access
@@ -68,9 +68,7 @@ def open_storage(
     **options: Any,
 ) -> Any:
     pem = certificates.client(identity)
-    context = client_context(
-        certificate=pem.certificate, key=pem.key, authenticate=certificates.ca_file
-    )
+    context = certificates.client_context(pem)
     options.setdefault("wait_timeout", 30)
     factory = (
         ZEO.ClientStorage.ClientStorage if kind == "zeo" else zodbserver.ClientStorage

@@ -428,7 +428,6 @@ def test_every_command_has_help(workdir, command, words):
 def test_tls_from_the_command_line_and_reload(workdir):
     """--ssl-* make a TLS server; ``reload`` rereads the certificates."""
     from support.certificates import Certificates
-    from zodbserver.tls import client_context
 
     certificates = Certificates(workdir / "certificates")
     pem = certificates.server
@@ -436,9 +435,7 @@ def test_tls_from_the_command_line_and_reload(workdir):
     tls += ["--ssl-authenticate", certificates.ca_file]
     _, port = start(*ANY_PORT, *tls, cwd=workdir)
     web1 = certificates.client("web1")
-    context = client_context(
-        certificate=web1.certificate, key=web1.key, authenticate=certificates.ca_file
-    )
+    context = certificates.client_context(web1)
     db = zodbserver.DB(
         ("127.0.0.1", port), ssl=context, ssl_server_hostname="127.0.0.1"
     )

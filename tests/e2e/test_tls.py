@@ -19,12 +19,12 @@ import ZEO.Exceptions
 from ZODB.MappingStorage import MappingStorage
 
 import zodbserver
-from support.certificates import Certificates, Pem
+from support.certificates import Certificates
 from support.server_processes import ServerProcess
 from support.waiting import wait_until
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.thread import ServerThread
-from zodbserver.tls import SERVER_ONLY, ServerTLS, client_context
+from zodbserver.tls import SERVER_ONLY, ServerTLS
 
 #: How long a refused client waits before it reports failure.
 REFUSED_WAIT = 2.0
@@ -53,14 +53,6 @@ def server(certificates: Certificates) -> Iterator[ServerThread]:
     server = start_server(certificates)
     yield server
     server.stop()
-
-
-def context(certificates: Certificates, pem: Pem | None) -> ssl.SSLContext:
-    return client_context(
-        certificate=pem.certificate if pem else None,
-        key=pem.key if pem else None,
-        authenticate=certificates.ca_file,
-    )
 
 
 def open_db(kind: str, address: Any, tls: ssl.SSLContext | None, **options: Any) -> Any:
@@ -99,7 +91,9 @@ def test_a_client_with_a_trusted_certificate_commits_over_tls(
 ) -> None:
     with caplog.at_level(logging.INFO, "zodbserver"):
         db = open_db(
-            kind, server.address, context(certificates, certificates.client("web1"))
+            kind,
+            server.address,
+            certificates.client_context("web1"),
         )
         try:
             commit_and_read(db, f"over TLS from {kind}")
@@ -121,13 +115,11 @@ def test_clients_without_a_valid_certificate_are_refused(
         "expired": certificates.expired_client("old"),
         "foreign": certificates.foreign_client("stranger"),
     }[kind]
-    good = open_db(
-        "ours", server.address, context(certificates, certificates.client("web1"))
-    )
+    good = open_db("ours", server.address, certificates.client_context("web1"))
     try:
         with caplog.at_level(logging.WARNING, "zodbserver"):
             with pytest.raises(zodbserver.ClientDisconnected):
-                refused_client(server.address, context(certificates, pem))
+                refused_client(server.address, certificates.client_context(pem))
             wait_until(
                 lambda: "TLS handshake failed" in caplog.text, "the refusal's log line"
             )
@@ -179,7 +171,7 @@ def test_a_tls_client_on_a_plain_port_is_told_so(
         caplog.at_level(logging.WARNING, "zodbserver"),
     ):
         with pytest.raises(zodbserver.ClientDisconnected):
-            refused_client(address, context(certificates, certificates.client("web1")))
+            refused_client(address, certificates.client_context("web1"))
         wait_until(
             lambda: "a TLS client on a plain port" in caplog.text,
             "the plain server's log line",
@@ -191,7 +183,7 @@ def test_server_only_mode_needs_no_client_certificate(
 ) -> None:
     server = start_server(certificates, authenticate=SERVER_ONLY)
     try:
-        db = open_db("zeo", server.address, context(certificates, None))
+        db = open_db("zeo", server.address, certificates.client_context(None))
         try:
             commit_and_read(db, "encrypted, not authenticated")
         finally:
@@ -223,9 +215,7 @@ def test_reload_takes_new_certificates_for_new_connections(
         {"1": MappingStorage()}, ServerSettings(("127.0.0.1", 0), tls=tls)
     )
     server.start()
-    old = open_db(
-        "ours", server.address, context(certificates, certificates.client("web1"))
-    )
+    old = open_db("ours", server.address, certificates.client_context("web1"))
     try:
         commit_and_read(old, "before the rotation")
         new_files = {
@@ -241,18 +231,14 @@ def test_reload_takes_new_certificates_for_new_connections(
         new = open_db(
             "ours",
             server.address,
-            client_context(
-                certificate=web2.certificate, key=web2.key, authenticate=rotated.ca_file
-            ),
+            rotated.client_context(web2),
         )
         try:
             commit_and_read(new, "after the rotation")
         finally:
             new.close()
         with pytest.raises(zodbserver.ClientDisconnected):
-            refused_client(
-                server.address, context(certificates, certificates.client("web1"))
-            )
+            refused_client(server.address, certificates.client_context("web1"))
         commit_and_read(old, "still connected with the old certificates")
     finally:
         old.close()
@@ -277,7 +263,9 @@ def test_our_client_against_zeos_tls_server(
     with server:
         server.start()
         db = open_db(
-            "ours", server.address, context(certificates, certificates.client("web1"))
+            "ours",
+            server.address,
+            certificates.client_context("web1"),
         )
         try:
             commit_and_read(db, "our client, ZEO's TLS server")
@@ -302,7 +290,7 @@ def test_a_tls_server_process_completes_every_handshake(
             "</ssl>",
         ),
     )
-    tls = context(certificates, certificates.client("web1"))
+    tls = certificates.client_context("web1")
     with server:
         server.start()
         for _ in range(100):
@@ -332,7 +320,9 @@ def test_a_reload_that_cannot_read_the_files_keeps_the_certificates(
                 "the reload's error",
             )
         db = open_db(
-            "ours", server.address, context(certificates, certificates.client("web1"))
+            "ours",
+            server.address,
+            certificates.client_context("web1"),
         )
         try:
             commit_and_read(db, "with the certificates loaded at start")

@@ -284,11 +284,8 @@ def test_pack_over_tls(tmp_path: Path, servers) -> None:
     admin = certificates.client("admin")
     tls = ["--ssl-certificate", admin.certificate, "--ssl-key", admin.key]
     tls += ["--ssl-authenticate", certificates.ca_file]
-    from zodbserver.tls import client_context
 
-    context = client_context(
-        certificate=admin.certificate, key=admin.key, authenticate=certificates.ca_file
-    )
+    context = certificates.client_context(admin)
     db = ZODB.DB(ClientStorage(server.address, ssl=context, wait_timeout=30))
     try:
         for revision in range(3):

@@ -5,10 +5,13 @@ the wrong kinds (expired, from another CA)."""
 from __future__ import annotations
 
 import datetime
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
+
+from zodbserver.tls import client_context
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,17 @@ class Certificates:
         """Signed by a CA the server does not trust."""
         return self._issue(
             self.other_ca, f"foreign-{identity}", identity, common_name=identity
+        )
+
+    def client_context(self, pem: Pem | str | None) -> ssl.SSLContext:
+        """A client's context, trusting this CA and presenting ``pem``: a
+        certificate, the name of one ``client`` issues, or None (none)."""
+        if isinstance(pem, str):
+            pem = self.client(pem)
+        return client_context(
+            certificate=pem.certificate if pem else None,
+            key=pem.key if pem else None,
+            authenticate=self.ca_file,
         )
 
     def _issue(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support.certificates import Certificates, Pem
+from support.certificates import Certificates
 from zodbserver.errors import ConfigurationError
 from zodbserver.tls import SERVER_ONLY, ServerTLS, client_context, server_context
 
@@ -56,20 +56,10 @@ def mutual(certificates: Certificates) -> ssl.SSLContext:
     return server_context(ServerTLS(pem.certificate, pem.key, certificates.ca_file))
 
 
-def client(certificates: Certificates, pem: Pem | None) -> ssl.SSLContext:
-    return client_context(
-        certificate=pem.certificate if pem else None,
-        key=pem.key if pem else None,
-        authenticate=certificates.ca_file,
-    )
-
-
 def test_a_client_with_a_trusted_certificate_is_accepted(
     certificates: Certificates,
 ) -> None:
-    assert handshake(
-        mutual(certificates), client(certificates, certificates.client("web1"))
-    )
+    assert handshake(mutual(certificates), certificates.client_context("web1"))
 
 
 @pytest.mark.parametrize("kind", ["none", "expired", "foreign"])
@@ -81,7 +71,7 @@ def test_a_client_without_a_valid_certificate_is_refused(
         "expired": certificates.expired_client("old"),
         "foreign": certificates.foreign_client("stranger"),
     }[kind]
-    assert not handshake(mutual(certificates), client(certificates, pem))
+    assert not handshake(mutual(certificates), certificates.client_context(pem))
 
 
 def test_server_only_mode_encrypts_without_client_certificates(
@@ -90,7 +80,7 @@ def test_server_only_mode_encrypts_without_client_certificates(
     pem = certificates.server
     context = server_context(ServerTLS(pem.certificate, pem.key, SERVER_ONLY))
     assert context.verify_mode is ssl.CERT_NONE
-    assert handshake(context, client(certificates, None))
+    assert handshake(context, certificates.client_context(None))
 
 
 def test_a_client_refuses_a_server_from_another_ca(certificates: Certificates) -> None:
@@ -100,7 +90,7 @@ def test_a_client_refuses_a_server_from_another_ca(certificates: Certificates) -
 
 def test_tls_below_1_2_is_refused(certificates: Certificates) -> None:
     assert mutual(certificates).minimum_version is ssl.TLSVersion.TLSv1_2
-    assert client(certificates, None).minimum_version is ssl.TLSVersion.TLSv1_2
+    assert certificates.client_context(None).minimum_version is ssl.TLSVersion.TLSv1_2
 
 
 def test_errors_name_the_key_and_the_file(
@@ -149,6 +139,4 @@ def test_password_function_unlocks_an_encrypted_key(
         certificates.ca_file,
         "support.certificates.password",
     )
-    assert handshake(
-        server_context(tls), client(certificates, certificates.client("web1"))
-    )
+    assert handshake(server_context(tls), certificates.client_context("web1"))
