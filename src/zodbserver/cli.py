@@ -25,7 +25,7 @@ error here (LSB init scripts call that success) so that a mistyped
 
 Signals (handled by the server core): TERM and INT shut down gracefully and
 exit 0; USR2 reopens the log files (for logrotate); USR1 (``reload``)
-reloads the TLS certificates.  HUP exits 1 meaning
+reloads the TLS certificates and the access rules.  HUP exits 1 meaning
 "restart me", as in ZEO: ``fg`` exits 1 for its service manager to restart
 it, a ``start``ed server re-executes itself in place (same pid).
 """
@@ -378,10 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command(
         "reload",
-        "reload the TLS certificates",
+        "reload the TLS certificates and the access rules",
         "Send the server SIGUSR1: it reads its TLS certificate, key and CAs "
-        "again, for new connections; established ones keep working. Exits 1 "
-        "if it is not running.",
+        "again, for new connections (established ones keep working), and its "
+        "access rules, which it applies to the clients already connected. "
+        "Exits 1 if it is not running.",
     )
     command(
         "status",

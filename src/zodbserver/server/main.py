@@ -156,7 +156,7 @@ def run(
 
     SIGTERM and SIGINT stop it (exit 0), SIGHUP stops it with exit 1 so that
     a supervisor restarts it, SIGUSR2 reopens the log files, SIGUSR1 reloads
-    the TLS certificates.
+    the TLS certificates and the access rules.
     """
     outcome = {"code": EXIT_OK}
     tune_malloc()

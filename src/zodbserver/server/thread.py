@@ -68,7 +68,8 @@ class ServerThread:
             raise TimeoutError("the server did not stop")
 
     def reload(self) -> None:
-        """What SIGUSR1 does to a server process: reload its certificates."""
+        """What SIGUSR1 does to a server process: reload its TLS
+        certificates and its access rules."""
         assert self._loop is not None
         assert self._reload is not None
         self._loop.call_soon_threadsafe(self._reload.set)
