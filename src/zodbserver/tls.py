@@ -59,7 +59,8 @@ def server_context(settings: ServerTLS) -> ssl.SSLContext:
     if settings.server_only:
         context.verify_mode = ssl.CERT_NONE
         return context
-    _load_trusted(context, settings.authenticate)
+    if settings.authenticate != DYNAMIC:
+        _load_trusted(context, settings.authenticate)
     context.verify_mode = ssl.CERT_REQUIRED
     _strict(context)
     return context
@@ -118,8 +119,6 @@ def _load_chain(
 
 
 def _load_trusted(context: ssl.SSLContext, authenticate: str) -> None:
-    if authenticate == DYNAMIC:
-        return
     try:
         if os.path.isdir(authenticate):
             context.load_verify_locations(capath=authenticate)

@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
+from ..errors import ConfigurationError
 from ..tls import ServerTLS, server_context
 from .tasks import ServerTasks
 from .transport import address_label
@@ -42,7 +43,7 @@ class TLSListener:
         they cannot be loaded (the error is logged)."""
         try:
             self.context = server_context(self.settings)
-        except Exception as error:
+        except ConfigurationError as error:
             logger.error(
                 "TLS reload failed, keeping the current certificates: %s", error
             )
