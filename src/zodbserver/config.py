@@ -259,6 +259,8 @@ def _settings(zeo: Any, environ: Mapping[str, str]) -> ServerSettings:
         ),
         pid_filename=zeo.pid_filename,
         access_rules=zeo.access_rules,
+        monitor_address=zeo.monitor_address,
+        slow_commit_threshold=zeo.slow_commit_threshold,
         tls=None if zeo.ssl is None else zeo.ssl[0],
         tls_handshake_timeout=(
             defaults.tls_handshake_timeout if zeo.ssl is None else zeo.ssl[1]

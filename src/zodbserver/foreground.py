@@ -50,6 +50,7 @@ class Plan:
 def serve(plan: Plan, *, daemon: bool, ready_fd: int | None) -> int:
     """Run the server in this process until it is told to stop."""
     from .server.main import run
+    from .server.monitor import Monitor
 
     reporter = _Reporter(ready_fd, echo=not daemon)
     try:
@@ -64,6 +65,19 @@ def serve(plan: Plan, *, daemon: bool, ready_fd: int | None) -> int:
     except AlreadyRunningError as error:
         return reporter.fail(str(error))
     restart = False
+    monitor = None
+    monitor_address = plan.config.settings.monitor_address
+    if monitor_address is not None:
+        # Before the storages open, so that /ready can say "not yet".
+        monitor = Monitor(monitor_address)
+        try:
+            monitor.start()
+        except OSError as error:
+            pid_file.release(remove=True)
+            return reporter.fail(
+                f"cannot listen on monitor-address "
+                f"{format_address(monitor_address)}: {error.strerror}"
+            )
     try:
         storages = open_storages(plan.config)
     except StorageInUseError as error:
@@ -80,6 +94,7 @@ def serve(plan: Plan, *, daemon: bool, ready_fd: int | None) -> int:
                 storages,
                 reopen_logs=reopen_logs,
                 ready=reporter.ready,
+                monitor=monitor,
             )
         except Exception as error:
             # E.g. the address is in use; run() has closed the storages.
@@ -89,6 +104,8 @@ def serve(plan: Plan, *, daemon: bool, ready_fd: int | None) -> int:
         restart = daemon and status == EXIT_RESTART
         return status
     finally:
+        if monitor is not None:
+            monitor.close()
         pid_file.release(remove=not restart)
         reporter.close()
         if restart:

@@ -8,6 +8,7 @@ the generated ``bin/`` scripts and packs it with ``bin/zeopack``.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
@@ -23,6 +24,7 @@ from persistent.mapping import PersistentMapping
 import zodbserver.config
 from support.waiting import wait_until
 from zodbserver import ClientStorage
+from zodbserver.logformat import JSONFormatter
 from zodbserver.recipes import server
 
 from .conftest import Pids, buildout_header, free_port, run_buildout
@@ -153,6 +155,144 @@ def test_wrong_log_option(
     tmp_path: Path, option: str, options: dict[str, str], message: str
 ) -> None:
     assert message in wrong(tmp_path, option, **options)
+
+
+# -- zeo-log-json ---------------------------------------------------------------
+
+
+def test_log_json_names_the_json_formatter(tmp_path: Path) -> None:
+    conf = install_server(
+        tmp_path,
+        **{"zeo-log-json": "true", "zeo-log-max-size": "1MB", "zeo-log-level": "debug"},
+    )
+    assert (
+        f"    path {tmp_path}/var/log/zeoserver.log\n"
+        "    formatter zodbserver.logformat.JSONFormatter\n"
+        "    encoding utf-8\n"
+        "    max-size 1MB\n"
+    ) in conf
+    assert "format %" not in conf
+    handler = make_log_handler(tmp_path)
+    try:
+        assert isinstance(handler, logging.handlers.RotatingFileHandler)
+        assert isinstance(handler.formatter, JSONFormatter)
+        record = logging.LogRecord(
+            "zodbserver.server",
+            logging.INFO,
+            __file__,
+            1,
+            "%s\nopened",
+            ("Größe",),
+            None,
+        )
+        handler.handle(record)
+    finally:
+        handler.close()
+    log = tmp_path / "var" / "log" / "zeoserver.log"
+    (line,) = log.read_text(encoding="utf-8").splitlines()
+    entry = json.loads(line)
+    assert (entry["level"], entry["logger"]) == ("INFO", "zodbserver.server")
+    assert entry["message"] == "Größe\nopened"
+
+
+def test_log_json_false_keeps_the_text_format(tmp_path: Path) -> None:
+    conf = install_server(tmp_path, **{"zeo-log-json": "false"})
+    assert "    format %(asctime)s %(message)s\n" in conf
+    assert "formatter" not in conf
+    assert install_server(tmp_path) == conf
+
+
+@pytest.mark.parametrize(
+    ("option", "options", "message"),
+    [
+        ("zeo-log-json", {"zeo-log-json": "json"}, "expected true or false"),
+        (
+            "zeo-log-format",
+            {"zeo-log-json": "true", "zeo-log-format": "%(message)s"},
+            "give one of zeo-log-format and zeo-log-json",
+        ),
+    ],
+)
+def test_wrong_log_json(
+    tmp_path: Path, option: str, options: dict[str, str], message: str
+) -> None:
+    assert message in wrong(tmp_path, option, **options)
+
+
+# -- monitor-address, slow-commit-threshold -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "written", "address"),
+    [
+        ("8200", "127.0.0.1:8200", ("127.0.0.1", 8200)),
+        ("0.0.0.0:9100", "0.0.0.0:9100", ("0.0.0.0", 9100)),
+        ("[::1]:9100", "[::1]:9100", ("::1", 9100)),
+    ],
+)
+def test_monitor_address_goes_into_zeo(
+    tmp_path: Path, value: str, written: str, address: tuple[str, int]
+) -> None:
+    conf = install_server(tmp_path, **{"monitor-address": value})
+    zeo = conf[conf.index("<zeo>") : conf.index("</zeo>")]
+    assert f"\n  monitor-address {written}\n" in zeo
+    assert load_conf(tmp_path).settings.monitor_address == address
+
+
+def test_no_monitor_by_default(tmp_path: Path) -> None:
+    conf = install_server(tmp_path, **{"monitor-address": ""})
+    assert "monitor-address" not in conf
+    assert load_conf(tmp_path).settings.monitor_address is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"monitor-address": "monitor"}, "invalid address 'monitor'"),
+        ({"monitor-address": "70000"}, "out of range"),
+        ({"monitor-address": "8100"}, "the monitor needs an address of its own"),
+        (
+            {"zeo-address": "0.0.0.0:8300", "monitor-address": "0.0.0.0:8300"},
+            "the monitor needs an address of its own",
+        ),
+    ],
+)
+def test_wrong_monitor_address(
+    tmp_path: Path, options: dict[str, str], message: str
+) -> None:
+    assert message in wrong(tmp_path, "monitor-address", **options)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("2.5", 2.5), ("0.25", 0.25), ("3", 3)])
+def test_slow_commit_threshold_goes_into_zeo(
+    tmp_path: Path, value: str, seconds: float
+) -> None:
+    conf = install_server(tmp_path, **{"slow-commit-threshold": value})
+    zeo = conf[conf.index("<zeo>") : conf.index("</zeo>")]
+    assert f"\n  slow-commit-threshold {value}\n" in zeo
+    assert load_conf(tmp_path).settings.slow_commit_threshold == seconds
+
+
+def test_slow_commit_threshold_defaults_to_the_servers(tmp_path: Path) -> None:
+    conf = install_server(tmp_path)
+    assert "slow-commit-threshold" not in conf
+    assert load_conf(tmp_path).settings.slow_commit_threshold == 1.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fast", "expected a number"),
+        ("1s", "expected a number"),
+        ("-1", "expected a positive number of seconds"),
+        ("0", "expected a positive number of seconds"),
+        ("inf", "expected a positive number of seconds"),
+        ("nan", "expected a positive number of seconds"),
+    ],
+)
+def test_wrong_slow_commit_threshold(tmp_path: Path, value: str, message: str) -> None:
+    option = "slow-commit-threshold"
+    assert message in wrong(tmp_path, option, **{option: value})
 
 
 # -- pid-file, socket-name, effective-user ------------------------------------

@@ -5,18 +5,22 @@ The options are plone.recipe.zeoserver's, with its defaults::
     [zeoserver]
     recipe = zodbserver:server
     zeo-address = 8100                  # PORT (on 127.0.0.1), HOST:PORT or a path
+    monitor-address =                   # the monitor's HTTP address, as
+                                        #   zeo-address; empty: no monitor
     var = ${buildout:directory}/var
     file-storage = var/filestorage/Data.fs   # relative to the buildout
     blob-storage = var/blobstorage           # empty: no blobs
     zeo-log = var/log/<part>.log
     zeo-log-level = INFO
     zeo-log-format = %(asctime)s %(message)s
+    zeo-log-json = false                # true: a JSON object a line, UTF-8
     zeo-log-max-size =                  # e.g. 10MB: rotate the log at that size
     zeo-log-old-files = 1               # rotated files kept (with max-size)
     storage-number = 1
     invalidation-queue-size = 100
     read-only = false
     transaction-timeout =               # seconds; empty: none
+    slow-commit-threshold =             # seconds; empty: the server's 1
     client-conflict-resolution = false
     ssl-certificate =                   # TLS: the server's certificate chain,
     ssl-key =                           #   its key, and the CA (or directory)
@@ -53,6 +57,13 @@ only if they agree).  ``effective-user`` is passed as ``zeoserver --user``:
 started as root, the server switches to that user before it opens anything.
 ``pack-gc`` and ``pack-keep-old`` are settings of the FileStorage, which the
 server packs, so they go into its ``<filestorage>`` section.
+
+``monitor-address`` is where the server's monitor answers HTTP: metrics for
+Prometheus, a status page and health checks (ZEO 4 had a monitor under that
+name; this one is ours).  A commit holding the commit lock longer than
+``slow-commit-threshold`` seconds is logged.  ``zeo-log-json = true`` writes
+the log as JSON lines (:mod:`zodbserver.logformat`) for log shippers:
+``zeo-log-format`` does not apply to them, so the two are not given together.
 """
 
 from __future__ import annotations
@@ -83,11 +94,10 @@ REMOVED = {
         "use TLS with client certificates (ssl-certificate, ssl-key and "
         "ssl-authenticate) or bind zeo-address to a private network"
     ),
-    "monitor-address": (
-        "the ZEO 4 monitor server was removed; the server status is "
-        "available through the server_status call"
-    ),
 }
+
+#: The formatter ``zeo-log-json = true`` names in the ``<logfile>``.
+JSON_FORMATTER = "zodbserver.logformat.JSONFormatter"
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "TRACE", "ALL")
 DEFAULT_LOG_FORMAT = "%(asctime)s %(message)s"
@@ -181,12 +191,42 @@ class Recipe:
         ]
         if timeout:
             zeo.append(f"  transaction-timeout {timeout}")
+        threshold = self.slow_commit_threshold()
+        if threshold:
+            zeo.append(f"  slow-commit-threshold {threshold}")
+        monitor = self.monitor_address()
+        if monitor:
+            zeo.append(f"  monitor-address {monitor}")
         if parsed.flag("client-conflict-resolution"):
             zeo.append("  client-conflict-resolution true")
         rules = parsed.text("access-rules")
         if rules:
             zeo.append(f"  access-rules {os.path.join(self.base, rules)}")
         return zeo + self.ssl_section()
+
+    def slow_commit_threshold(self) -> str:
+        """Seconds, as transaction-timeout takes them; empty when unset."""
+        option = "slow-commit-threshold"
+        value = self.parsed.number(option, minimum=float("-inf"))
+        if value and not 0 < float(value) < float("inf"):
+            raise self.parsed.fail(
+                option, f"expected a positive number of seconds, not {value!r}"
+            )
+        return value
+
+    def monitor_address(self) -> str:
+        """The monitor's address, read as zeo-address is; empty when unset."""
+        option = "monitor-address"
+        value = self.parsed.text(option)
+        if not value:
+            return ""
+        address = self.parsed.address(option, value)
+        if address == self.address and not address.endswith(":0"):
+            raise self.parsed.fail(
+                option,
+                f"{address} is zeo-address; the monitor needs an address of its own",
+            )
+        return address
 
     def ssl_section(self) -> list[str]:
         """``<ssl>`` from ``ssl-certificate``, ``ssl-key`` and
@@ -242,6 +282,28 @@ class Recipe:
                 "zeo-log-level",
                 f"expected one of {', '.join(LOG_LEVELS)}, not {level!r}",
             )
+        logfile = [f"    path {zeo_log}", *self.log_format(), *self.rotation()]
+        return [
+            "<eventlog>",
+            f"  level {level}",
+            "  <logfile>",
+            *logfile,
+            "  </logfile>",
+            "</eventlog>",
+        ]
+
+    def log_format(self) -> list[str]:
+        """The ``<logfile>`` lines for ``zeo-log-format`` or ``zeo-log-json``."""
+        parsed = self.parsed
+        if parsed.flag("zeo-log-json"):
+            if parsed.text("zeo-log-format"):
+                raise parsed.fail(
+                    "zeo-log-format",
+                    "JSON log lines (zeo-log-json = true) have fixed fields; "
+                    "give one of zeo-log-format and zeo-log-json",
+                )
+            # JSON text is UTF-8 (RFC 8259), whatever the server's locale.
+            return [f"    formatter {JSON_FORMATTER}", "    encoding utf-8"]
         log_format = parsed.text("zeo-log-format") or DEFAULT_LOG_FORMAT
         try:
             log_format_datatype(log_format)
@@ -251,20 +313,8 @@ class Recipe:
                 f"not a logging format: {log_format!r} "
                 "(use names such as %(asctime)s %(levelname)s %(message)s)",
             ) from None
-        logfile = [
-            f"    path {zeo_log}",
-            # ZConfig substitutes $NAME in values: a literal $ is $$.
-            f"    format {log_format.replace('$', '$$')}",
-            *self.rotation(),
-        ]
-        return [
-            "<eventlog>",
-            f"  level {level}",
-            "  <logfile>",
-            *logfile,
-            "  </logfile>",
-            "</eventlog>",
-        ]
+        # ZConfig substitutes $NAME in values: a literal $ is $$.
+        return [f"    format {log_format.replace('$', '$$')}"]
 
     def rotation(self) -> list[str]:
         parsed = self.parsed

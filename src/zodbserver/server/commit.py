@@ -22,10 +22,15 @@ from typing import Final, Literal, Protocol, TypedDict
 
 from ZODB.Connection import TransactionMetaData
 
+from .commit_times import CommitClock
 from .transaction_state import TransactionState
 
 
 class LockHolder(Protocol):
+    #: Who holds or waits, for the status page and the logs.
+    @property
+    def label(self) -> str: ...
+
     def on_transaction_timeout(self) -> None: ...
 
 
@@ -42,6 +47,11 @@ class CommitLock:
     @property
     def waiting(self) -> int:
         return sum(1 for _, future in self._waiters if not future.done())
+
+    @property
+    def queue(self) -> list[LockHolder]:
+        """The holders waiting, first come first."""
+        return [holder for holder, future in self._waiters if not future.done()]
 
     def is_waiting(self, holder: LockHolder) -> bool:
         return any(h is holder and not f.done() for h, f in self._waiters)
@@ -125,6 +135,7 @@ class PendingTransaction:
     #: blob store wins over the plain store ZEO clients send before it.
     blobs: list[tuple[bytes, bytes | None, bytes, str]] = field(default_factory=list)
     state: TransactionState = field(default_factory=TransactionState)
+    clock: CommitClock = field(default_factory=CommitClock)
 
     def add(self, operation: Operation) -> None:
         self.operations.append(operation)
@@ -147,3 +158,5 @@ class VoteResult:
     resolved: list[bytes]
     invalidated: list[bytes]
     conflicts: list[Conflict]
+    #: Bytes of object data stored.
+    size: int = 0

@@ -39,6 +39,9 @@ class InvalidationQueue:
                 queue._entries = deque(entries, maxlen=queue.size)
         return queue
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def append(self, tid: Tid, oids: Iterable[Oid]) -> None:
         self._entries.append((tid, tuple(oids)))
 

@@ -24,6 +24,7 @@ from typing import Any
 from ..addresses import Address
 from ..exit_codes import EXIT_OK, EXIT_RESTART
 from .memory import TrimTimer, tune_malloc
+from .monitor import Monitor
 from .settings import ServerSettings
 from .storage_api import ServedStorage
 from .storage_server import StorageServer
@@ -43,11 +44,15 @@ async def serve(
     stop: asyncio.Event | None = None,
     ready: Callable[[Address], None] | None = None,
     reload: asyncio.Event | None = None,
+    monitor: Monitor | None = None,
 ) -> None:
     """Serve ``storages`` until ``stop`` is set (or forever).
 
     Setting ``reload`` reads the TLS certificate, key and CAs again (for
-    new connections; established ones keep theirs).
+    new connections; established ones keep theirs) and the access rules.
+    ``monitor`` (started and closed by the caller, which can start it
+    before opening the storages) is told when the server serves and when it
+    begins to shut down.
     """
     loop = asyncio.get_running_loop()
     server = StorageServer(storages, settings)
@@ -65,7 +70,7 @@ async def serve(
 
         def factory() -> asyncio.Protocol:
             assert tls is not None
-            return TLSAcceptor(tls, protocol, server.tasks)
+            return TLSAcceptor(tls, protocol, server.tasks, server.traffic)
 
     try:
         server.attach(loop)
@@ -81,11 +86,15 @@ async def serve(
             listener = await loop.create_server(factory, host, port, reuse_address=True)
             bound = listener.sockets[0].getsockname()[:2]
         logger.info("listening on %s, storages %s", bound, ", ".join(server.hosted))
+        if monitor is not None:
+            monitor.attach(server, loop)
         if ready is not None:
             ready(bound)
         await (stop or asyncio.Event()).wait()
     finally:
         logger.info("shutting down")
+        if monitor is not None:
+            monitor.stopping()
         if listener is not None:
             listener.close()
             if isinstance(address, str):
@@ -94,6 +103,8 @@ async def serve(
         await _drain(server, connections)
         await server.tasks.run_in_thread(server.close_storages)
         await server.tasks.close()
+        if monitor is not None:
+            monitor.detach()
         logger.info("shut down")
 
 
@@ -151,6 +162,7 @@ def run(
     *,
     reopen_logs: Callable[[], None] | None = None,
     ready: Callable[[Address], None] | None = None,
+    monitor: Monitor | None = None,
 ) -> int:
     """Run a server process until a signal; return its exit code.
 
@@ -185,7 +197,14 @@ def run(
                 ready(bound)
 
         try:
-            await serve(settings, storages, stop=stop, ready=started, reload=reload)
+            await serve(
+                settings,
+                storages,
+                stop=stop,
+                ready=started,
+                reload=reload,
+                monitor=monitor,
+            )
         finally:
             trimmer.cancel()
             if settings.pid_filename and not settings.read_only:

@@ -117,6 +117,7 @@ class Session(TransactionCalls):
     def loadBefore(self, oid: bytes, before: bytes) -> LoadResult:
         hosted = self._hosted
         hosted.stats.loads += 1
+        self.loads += 1
         return hosted.storage.loadBefore(oid, before)
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
@@ -255,6 +256,7 @@ class Session(TransactionCalls):
         if txn is None:
             logger.info("%s: disconnected", self.peer.label)
             return
+        hosted.stats.aborts += 1
         logger.warning(
             "%s: disconnected during a %s transaction",
             self.peer.label,
@@ -265,7 +267,7 @@ class Session(TransactionCalls):
         if txn.state.locked:
             self.server.tasks.spawn(self._abort_in_storage())
         else:
-            self._end_transaction(aborted=True)
+            self._end_transaction()
 
 
 def _scan_invalidations(

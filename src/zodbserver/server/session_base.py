@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from .blobs import BlobUpload
 from .commit import PendingTransaction, VoteResult
 from .storage_api import ServedStorage, TransactionRecord
 from .storage_server import HostedStorage, StorageServer
+from .traffic import Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +60,17 @@ class SessionBase:
         self._iterators: dict[int, Iterator[Any]] = {}
         self._last_transaction_info: dict[int, TransactionRecord] = {}
         self._iterator_ids = itertools.count(1)
+        self.connected_at = time.time()
+        #: What this client did, for the monitor.
+        self.loads = 0
+        self.commits = 0
 
     def __repr__(self) -> str:
         return f"<Session {self.peer.label}>"
+
+    @property
+    def label(self) -> str:
+        return self.peer.label
 
     @property
     def storage(self) -> ServedStorage:
@@ -102,6 +112,7 @@ class SessionBase:
         client = self.peer.credentials
         decision = rules.decide(storage_name, client)
         if decision.access is Access.NONE:
+            self.server.traffic.refused[Refusal.ACCESS_DENIED] += 1
             where = (
                 decision.rule.origin if decision.rule else f"no rule in {rules.source}"
             )

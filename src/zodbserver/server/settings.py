@@ -38,3 +38,7 @@ class ServerSettings:
     tls_handshake_timeout: float = 10.0
     #: The access rules file (``access``); None lets every client do all.
     access_rules: str | None = None
+    #: Where the monitor answers HTTP (``monitor``); None: no monitor.
+    monitor_address: Address | None = None
+    #: Seconds a commit may hold the commit lock before it is logged.
+    slow_commit_threshold: float = 1.0

@@ -25,10 +25,28 @@ StorageStatus = TypedDict(
         "conflicts_resolved": int,
         "start": str,
         "waiting": int,
-        "timeout-thread-is-alive": bool,
+        #: ZEO's answer: True with a transaction timeout, "stub" without.
+        "timeout-thread-is-alive": bool | str,
         "last-transaction": str,
     },
 )
+
+
+class ClientSnapshot(TypedDict):
+    """One connected client, as the monitor shows it."""
+
+    label: str
+    identity: str | None
+    address: str | None
+    access: str
+    read_only: bool
+    connected_at: float
+    loads: int
+    commits: int
+    #: The state of its transaction ("buffering", "voting", ...), or None.
+    transaction: str | None
+    waiting_for_lock: bool
+    holds_lock: bool
 
 
 class SessionStatus(StorageStatus):
@@ -73,6 +91,6 @@ class StorageStats:
             "conflicts_resolved": self.conflicts_resolved,
             "start": self.start,
             "waiting": waiting,
-            "timeout-thread-is-alive": timeout_active,
+            "timeout-thread-is-alive": True if timeout_active else "stub",
             "last-transaction": last_transaction.hex(),
         }

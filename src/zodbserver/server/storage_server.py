@@ -26,13 +26,15 @@ from ZODB.utils import z64
 from ..errors import ConfigurationError
 from .access import AccessRules, load_rules
 from .commit import CommitLock
+from .commit_times import CommitTimes
 from .invalidations import InvalidationQueue
 from .recovery import forget_unfinished_transaction
 from .settings import ServerSettings
-from .status import StorageStats, StorageStatus
+from .status import ClientSnapshot, StorageStats, StorageStatus
 from .storage_api import ServedStorage
 from .storage_thread import StorageThread
 from .tasks import ServerTasks
+from .traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class Subscriber(Protocol):
 
     def describe(self) -> str: ...
 
+    def snapshot(self) -> ClientSnapshot: ...
+
 
 def _refuse_conflict_resolution(
     oid: bytes,
@@ -96,6 +100,7 @@ class HostedStorage:
         forget_unfinished_transaction(name, storage)
         self.commit_lock = CommitLock(settings.transaction_timeout)
         self.stats = StorageStats()
+        self.commit_times = CommitTimes()
         self.sessions: set[Subscriber] = set()
         self.invalidations = InvalidationQueue.from_storage(
             settings.invalidation_queue_size,
@@ -236,6 +241,8 @@ class StorageServer:
         self.settings = settings
         #: Owns every background task and worker thread of this server.
         self.tasks = ServerTasks(settings.worker_threads)
+        #: Bytes, refusals and protocol errors of every connection.
+        self.traffic = Traffic()
         self.hosted = {
             name: HostedStorage(name, storage, settings)
             for name, storage in storages.items()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from ..addresses import DEFAULT_HOST, Address
 from .main import serve
+from .monitor import Monitor
 from .settings import ServerSettings
 from .storage_api import ServedStorage
 
@@ -28,8 +29,13 @@ class ServerThread:
         self,
         storages: Mapping[str, ServedStorage],
         settings: ServerSettings | None = None,
+        *,
+        monitor: Monitor | None = None,
         **options: Any,
     ) -> None:
+        """``monitor``: one the caller has started (and closes); without
+        it, a ``monitor_address`` in the settings gets one of the thread's
+        own, started and closed with the server."""
         if settings is None:
             options.setdefault("address", (DEFAULT_HOST, 0))
             settings = ServerSettings(**options)
@@ -37,6 +43,10 @@ class ServerThread:
             raise TypeError("give settings or keyword options, not both")
         self.settings = settings
         self.storages = storages
+        self.monitor = monitor
+        self._own_monitor: Monitor | None = None
+        if monitor is None and settings.monitor_address is not None:
+            self.monitor = self._own_monitor = Monitor(settings.monitor_address)
         self.address: Address | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -48,6 +58,8 @@ class ServerThread:
         )
 
     def start(self, timeout: float = 30.0) -> Address:
+        if self._own_monitor is not None:
+            self._own_monitor.start()
         self._thread.start()
         if not self._ready.wait(timeout):
             raise TimeoutError("the server did not start")
@@ -66,6 +78,8 @@ class ServerThread:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError("the server did not stop")
+        if self._own_monitor is not None:
+            self._own_monitor.close()
 
     def reload(self) -> None:
         """What SIGUSR1 does to a server process: reload its TLS
@@ -105,6 +119,7 @@ class ServerThread:
                 stop=self._stop,
                 ready=ready,
                 reload=self._reload,
+                monitor=self.monitor,
             )
 
         try:

@@ -25,6 +25,7 @@ from typing import cast
 from ..errors import ConfigurationError
 from ..tls import ServerTLS, server_context
 from .tasks import ServerTasks
+from .traffic import Refusal, Traffic
 from .transport import address_label
 
 logger = logging.getLogger(__name__)
@@ -59,10 +60,12 @@ class TLSAcceptor(asyncio.Protocol):
         listener: TLSListener,
         make_protocol: Callable[[], asyncio.Protocol],
         tasks: ServerTasks,
+        traffic: Traffic,
     ) -> None:
         self._listener = listener
         self._make_protocol = make_protocol
         self._tasks = tasks
+        self._traffic = traffic
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -86,6 +89,7 @@ class TLSAcceptor(asyncio.Protocol):
                 ssl_handshake_timeout=listener.handshake_timeout,
             )
         except (OSError, TimeoutError) as error:
+            self._traffic.refused[Refusal.TLS_HANDSHAKE] += 1
             logger.warning(
                 "%s: TLS handshake failed: %s",
                 label,

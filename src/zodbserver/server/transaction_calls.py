@@ -30,6 +30,7 @@ from . import commit
 from .blobs import BlobUpload, blob_storage, remove_quietly, shared_blob_path
 from .commit import Conflict, PendingTransaction, VoteResult
 from .session_base import SessionBase
+from .status import ClientSnapshot
 from .transaction_state import Event, State
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class TransactionCalls(SessionBase):
     def storeBlobChunk(self, chunk: bytes) -> None:
         if self._upload is None:
             raise StorageTransactionError("storeBlobChunk without storeBlobStart")
+        self.server.traffic.blob_uploaded_bytes += len(chunk)
         self._upload.write(chunk)
 
     def storeBlobEnd(
@@ -147,7 +149,7 @@ class TransactionCalls(SessionBase):
         ):
             error, self._async_error = self._async_error, None
             if txn is not None:
-                self._end_transaction(aborted=True)
+                self._end_transaction()
             raise error
         # A second vote is refused here; a transaction that is voting or
         # voted is ended only by its vote, finish or abort.
@@ -155,23 +157,27 @@ class TransactionCalls(SessionBase):
         hosted = self._hosted
         state = txn.state
         state.process(Event.VOTE)
+        clock = txn.clock
+        clock.vote_requested = clock.now()
         await hosted.commit_lock.acquire(self)
         if self.transaction is not txn:
             hosted.commit_lock.release(self)
             raise StorageTransactionError("the transaction ended during the vote")
         state.process(Event.LOCK_GRANTED)
+        clock.locked = clock.now()
         try:
             result = await hosted.in_worker(self._replay_and_vote, txn)
+            clock.voted = clock.now()
         except Exception as exc:
             if isinstance(exc, ConflictError):
                 hosted.stats.conflicts += 1
-            self._end_transaction(aborted=True)
+            self._end_transaction()
             raise
         if self.closed or state.state is State.ABORT_REQUESTED:
             if not result.conflicts:
                 await self._abort_in_storage()
             else:
-                self._end_transaction(aborted=True)
+                self._end_transaction()
             raise StorageTransactionError("the transaction was aborted during the vote")
         if result.conflicts:
             # Client-side resolution: the storage aborted, the client sends
@@ -202,6 +208,7 @@ class TransactionCalls(SessionBase):
                 oid: bytes, serial: bytes | None, data: bytes, path: str | None
             ) -> None:
                 try:
+                    result.size += len(data)
                     if path is None:
                         storage.store(oid, serial, data, "", metadata)
                     else:
@@ -274,16 +281,26 @@ class TransactionCalls(SessionBase):
         # invalidations: the thread reports back in order, and each result
         # is handled on the loop in the order it arrives.
         hosted.commit_lock.release(self)
+        txn.clock.unlocked = txn.clock.now()
         try:
             tid = await finishing
         except Exception:
             logger.exception("%s: tpc_finish failed", self.peer.label)
-            self._end_transaction(aborted=True)
+            self._end_transaction()
             raise
         hosted.stats.commits += 1
+        self.commits += 1
+        hosted.commit_times.record(
+            txn.clock,
+            client=self.peer.label,
+            tid=tid,
+            objects=len(vote_result.invalidated),
+            size=vote_result.size,
+            slow_threshold=hosted.settings.slow_commit_threshold,
+        )
         hosted.publish_commit(self, tid, vote_result.invalidated)
         self.send_async("info", (hosted.size_info(),))
-        self._end_transaction(aborted=False)
+        self._end_transaction()
         return tid
 
     def _finish_in_storage(self, txn: PendingTransaction) -> bytes:
@@ -309,6 +326,10 @@ class TransactionCalls(SessionBase):
         self._async_error = None
         if txn is None or txn.token != token:
             return
+        # Counted as ZEO does: an abort the client asks for (or its
+        # disconnect causes), not a failed vote, which ends the transaction
+        # before the client's tpc_abort comes.
+        self._hosted.stats.aborts += 1
         state = txn.state.state
         if state in (State.VOTING, State.ABORT_REQUESTED):
             # The vote is still running; it ends the transaction when done.
@@ -316,7 +337,7 @@ class TransactionCalls(SessionBase):
         elif state is State.VOTED:
             await self._abort_in_storage()
         elif state in (State.BUFFERING, State.AWAITING_LOCK):
-            self._end_transaction(aborted=True)
+            self._end_transaction()
         # FINISHING, ABORTING: the storage thread's work ends it.
 
     async def _abort_in_storage(self) -> None:
@@ -327,9 +348,9 @@ class TransactionCalls(SessionBase):
         try:
             await self._hosted.in_worker(self.storage.tpc_abort, txn.metadata)
         finally:
-            self._end_transaction(aborted=True)
+            self._end_transaction()
 
-    def _end_transaction(self, *, aborted: bool) -> None:
+    def _end_transaction(self) -> None:
         txn = self.transaction
         if txn is None:
             return
@@ -340,8 +361,6 @@ class TransactionCalls(SessionBase):
         for _, _, _, path in txn.blobs:
             remove_quietly(path)  # what the storage did not take
         hosted.stats.active_txns -= 1
-        if aborted:
-            hosted.stats.aborts += 1
         hosted.commit_lock.release(self)
 
     def on_transaction_timeout(self) -> None:
@@ -351,3 +370,22 @@ class TransactionCalls(SessionBase):
             self._hosted.settings.transaction_timeout,
         )
         self.peer.close()
+
+    def snapshot(self) -> ClientSnapshot:
+        """This client, as the monitor shows it."""
+        credentials = self.peer.credentials
+        txn = self.transaction
+        lock = None if self.hosted is None else self.hosted.commit_lock
+        return {
+            "label": self.peer.label,
+            "identity": credentials.names[0] if credentials.names else None,
+            "address": credentials.address,
+            "access": self.access.name.lower(),
+            "read_only": self.read_only,
+            "connected_at": self.connected_at,
+            "loads": self.loads,
+            "commits": self.commits,
+            "transaction": None if txn is None else txn.state.state.value,
+            "waiting_for_lock": lock is not None and lock.is_waiting(self),
+            "holds_lock": lock is not None and lock.holder is self,
+        }

@@ -25,7 +25,7 @@ from typing import Any, cast
 from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
 
 from ..chunks import Chunk, at_end, next_chunks
-from ..errors import RemoteProtocolError
+from ..errors import FrameTooLargeError, RemoteProtocolError
 from ..protocol import (
     AsyncCall,
     Call,
@@ -40,6 +40,7 @@ from .access import Credentials, credentials
 from .methods import METHODS, TRANSACTION_CALLS, Method
 from .session import Session
 from .storage_server import StorageServer
+from .traffic import ProtocolFault, Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ServerProtocol(asyncio.Protocol):
         announce = (b"M" if settings.msgpack else b"Z") + b"5"
         self.connection = ServerConnection(announce, settings.max_frame_size)
         self.server = server
+        self._traffic = server.traffic
         self.session = Session(server, self)
         self.label = "unconnected"
         #: Who the client is: its address, its TLS certificate's names.
@@ -99,9 +101,11 @@ class ServerProtocol(asyncio.Protocol):
         self._transport.write(self.connection.greeting())
 
     def data_received(self, data: bytes) -> None:
+        self._traffic.received_bytes += len(data)
         if self._first_plain_data:
             self._first_plain_data = False
             if data.startswith(TLS_HANDSHAKE):
+                self._traffic.refused[Refusal.TLS_ON_PLAIN_PORT] += 1
                 logger.warning(
                     "%s: a TLS client on a plain port (this server has no <ssl>), "
                     "closing",
@@ -120,6 +124,11 @@ class ServerProtocol(asyncio.Protocol):
                     self._flush()
                     self._batch = []
         except RemoteProtocolError as exc:
+            self._traffic.protocol_errors[
+                ProtocolFault.FRAME_TOO_LARGE
+                if isinstance(exc, FrameTooLargeError)
+                else ProtocolFault.MALFORMED
+            ] += 1
             logger.warning("%s: protocol error, closing: %s", self.label, exc)
             self.close()
         finally:
@@ -173,6 +182,7 @@ class ServerProtocol(asyncio.Protocol):
             chunks = await next_chunks(stream, self.server.tasks.run_in_thread)
             while chunks and not self.closed:
                 for chunk in chunks:
+                    self._traffic.blob_downloaded_bytes += len(chunk)
                     self._send_async_data("receiveBlobChunk", (oid, serial), chunk)
                 if at_end(chunks):
                     break
@@ -197,6 +207,7 @@ class ServerProtocol(asyncio.Protocol):
     # -- dispatch -------------------------------------------------------------
 
     def _write(self, data: bytes | bytearray) -> None:
+        self._traffic.sent_bytes += len(data)
         if self._batch is not None:
             self._batch.append(data)
         elif self._transport is not None and not self._transport.is_closing():
@@ -221,10 +232,16 @@ class ServerProtocol(asyncio.Protocol):
     ) -> tuple[Method, tuple[Any, ...]]:
         spec = METHODS.get(method)
         if spec is None:
+            self._traffic.protocol_errors[ProtocolFault.UNKNOWN_METHOD] += 1
             raise RemoteProtocolError(f"unknown method {method[:80]!r}")
         if self.session.hosted is None and not spec.before_register:
+            self._traffic.protocol_errors[ProtocolFault.NOT_REGISTERED] += 1
             raise RemoteProtocolError(f"{method}() called before register()")
-        return spec, spec.bind_arguments(method, args)
+        try:
+            return spec, spec.bind_arguments(method, args)
+        except TypeError:
+            self._traffic.protocol_errors[ProtocolFault.BAD_ARGUMENTS] += 1
+            raise
 
     def _call(self, msgid: MessageId, method: str, args: tuple[Any, ...]) -> None:
         try:
@@ -283,6 +300,7 @@ class ServerProtocol(asyncio.Protocol):
         try:
             spec, arguments = self._lookup(method, args)
             if spec.synchronous:
+                self._traffic.protocol_errors[ProtocolFault.BAD_ARGUMENTS] += 1
                 raise RemoteProtocolError(f"{method}() must be called synchronously")
         except TypeError as exc:
             if method in TRANSACTION_CALLS:

@@ -1,0 +1,394 @@
+"""The monitor of a running server: metrics, health checks, status JSON.
+
+Real clients (ZEO 6's ClientStorage, which sends one ``loadBefore`` per
+cache miss, so loads can be counted exactly) load, commit, abort, conflict
+and move a blob through a server with a monitor; every counter of
+``/metrics`` -- parsed with prometheus_client's own parser -- moves by what
+was done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import transaction
+import ZODB
+from BTrees.Length import Length
+from persistent.mapping import PersistentMapping
+from ZEO.ClientStorage import ClientStorage
+from ZODB.blob import Blob
+from ZODB.Connection import TransactionMetaData
+from ZODB.FileStorage import FileStorage
+from ZODB.POSException import ConflictError
+from ZODB.tests.MinPO import MinPO
+from ZODB.tests.StorageTestBase import zodb_pickle
+from ZODB.utils import z64
+
+from support.monitoring import Scrape, get
+from support.waiting import wait_until
+from zodbserver.server.monitor import Monitor
+from zodbserver.server.settings import ServerSettings
+from zodbserver.server.thread import ServerThread
+
+LOCAL = ("127.0.0.1", 0)
+BLOB_SIZE = 300_000
+COUNTERS = ("loads", "stores", "commits", "aborts", "conflicts", "conflicts_resolved")
+HISTOGRAMS = (
+    "zodbserver_commit_lock_wait_seconds",
+    "zodbserver_commit_lock_hold_seconds",
+    "zodbserver_vote_seconds",
+    "zodbserver_finish_seconds",
+)
+
+
+class Served:
+    def __init__(self, tmp_path: Path, **settings: object) -> None:
+        self.path = tmp_path / "Data.fs"
+        self.blob_dir = tmp_path / "blobs"
+        storage = FileStorage(str(self.path), blob_dir=str(self.blob_dir))
+        # Blob directory sizes measured at every scrape.
+        self._monitor = Monitor(LOCAL, blob_size_interval=0)
+        monitor = self._monitor.start()
+        assert isinstance(monitor, tuple)
+        self.monitor = monitor
+        self.thread = ServerThread(
+            {"1": storage},
+            ServerSettings(address=LOCAL, **settings),  # type: ignore[arg-type]
+            monitor=self._monitor,
+        )
+        self.address = self.thread.start()
+        self._clients: list[ClientStorage] = []
+
+    def client(self, blob_dir: Path) -> ClientStorage:
+        client = ClientStorage(self.address, blob_dir=str(blob_dir), wait_timeout=10)
+        self._clients.append(client)
+        return client
+
+    def scrape(self) -> Scrape:
+        return Scrape(self.monitor)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.thread.stop()
+        self._monitor.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    server = Served(tmp_path)
+    yield server
+    server.close()
+
+
+def commit_objects(db: ZODB.DB, count: int) -> list[bytes]:
+    """``count`` new objects, one transaction each; their oids."""
+    oids = []
+    connection = db.open()
+    try:
+        for number in range(count):
+            obj = PersistentMapping(number=number)
+            connection.root()[f"o{number}"] = obj
+            transaction.commit()
+            oids.append(obj._p_oid)
+    finally:
+        connection.close()
+    return oids
+
+
+def test_counters_move_by_what_clients_did(served: Served, tmp_path: Path) -> None:
+    writer = served.client(tmp_path / "writer-blobs")
+    db = ZODB.DB(writer)
+    try:
+        # Commits: each histogram counts every commit.
+        before = served.scrape()
+        oids = commit_objects(db, 3)
+        after = served.scrape()
+        assert after.delta(before, "zodbserver_commits_total", storage="1") == 3
+        # Each commit stores the new object and the root.
+        assert after.delta(before, "zodbserver_stores_total", storage="1") == 6
+        commits = after.storage("zodbserver_commits_total")
+        for histogram in HISTOGRAMS:
+            assert after.types[histogram] == "histogram"
+            assert after.storage(f"{histogram}_count") == commits
+            assert after.value(f"{histogram}_bucket", storage="1", le="+Inf") == commits
+        assert after.storage("zodbserver_vote_seconds_sum") > 0
+
+        # Loads: a reader with an empty cache loads each object once.
+        reader = served.client(tmp_path / "reader-blobs")
+        before = served.scrape()
+        for oid in oids:
+            reader.load(oid)
+        after = served.scrape()
+        assert after.delta(before, "zodbserver_loads_total", storage="1") == len(oids)
+        assert after.storage("zodbserver_connections") == 2
+
+        # An abort the client asks for counts; a failed vote does not (ZEO).
+        before = served.scrape()
+        metadata = TransactionMetaData()
+        writer.tpc_begin(metadata)
+        writer.store(writer.new_oid(), z64, zodb_pickle(MinPO(1)), "", metadata)
+        writer.tpc_abort(metadata)
+        stale = TransactionMetaData()
+        writer.tpc_begin(stale)
+        writer.store(oids[0], z64, zodb_pickle(MinPO(2)), "", stale)
+        with pytest.raises(ConflictError):
+            writer.tpc_vote(stale)
+        writer.tpc_abort(stale)
+        after = served.scrape()
+        assert after.delta(before, "zodbserver_aborts_total", storage="1") == 1
+        assert after.delta(before, "zodbserver_conflicts_total", storage="1") == 1
+        assert after.delta(before, "zodbserver_commits_total", storage="1") == 0
+
+        # A conflict the server resolves.
+        reader_db = ZODB.DB(reader)
+        try:
+            connection = db.open()
+            connection.root()["length"] = Length()
+            transaction.commit()
+            connection.close()
+            before = served.scrape()
+            managers = [transaction.TransactionManager() for _ in range(2)]
+            connections = [
+                some_db.open(manager)
+                for some_db, manager in zip((db, reader_db), managers, strict=True)
+            ]
+            wait_until(
+                lambda: "length" in connections[1].root(), "the reader sees the Length"
+            )
+            for connection, manager in zip(connections, managers, strict=True):
+                manager.begin()
+                connection.root()["length"].change(1)
+            for manager in managers:
+                manager.commit()
+            for connection in connections:
+                connection.close()
+            after = served.scrape()
+            assert (
+                after.delta(before, "zodbserver_conflicts_resolved_total", storage="1")
+                == 1
+            )
+        finally:
+            reader_db.close()
+    finally:
+        db.close()
+
+
+def test_blob_bytes_and_traffic(served: Served, tmp_path: Path) -> None:
+    payload = os.urandom(BLOB_SIZE)
+    db = ZODB.DB(served.client(tmp_path / "writer-blobs"))
+    try:
+        before = served.scrape()
+        connection = db.open()
+        blob = Blob(payload)
+        connection.root()["blob"] = blob
+        transaction.commit()
+        oid = blob._p_oid
+        connection.close()
+        uploaded = served.scrape()
+        assert (
+            uploaded.delta(before, "zodbserver_blob_uploaded_bytes_total") == BLOB_SIZE
+        )
+        assert uploaded.delta(before, "zodbserver_received_bytes_total") > BLOB_SIZE
+        assert uploaded.storage("zodbserver_blob_directory_size_bytes") >= BLOB_SIZE
+
+        reader = served.client(tmp_path / "reader-blobs")
+        serial = reader.lastTransaction()
+        with open(reader.loadBlob(oid, serial), "rb") as stream:
+            assert stream.read() == payload
+        downloaded = served.scrape()
+        assert (
+            downloaded.delta(uploaded, "zodbserver_blob_downloaded_bytes_total")
+            == BLOB_SIZE
+        )
+        assert downloaded.delta(uploaded, "zodbserver_sent_bytes_total") > BLOB_SIZE
+    finally:
+        db.close()
+    scrape = served.scrape()
+    assert scrape.storage("zodbserver_storage_size_bytes") == served.path.stat().st_size
+    assert scrape.storage("zodbserver_objects") == 2  # the root and the blob
+    assert (
+        abs(
+            scrape.storage("zodbserver_last_transaction_timestamp_seconds")
+            - time.time()
+        )
+        < 600
+    )
+    assert scrape.value("process_resident_memory_bytes") > 0
+    assert scrape.value("process_open_fds") > 0
+    assert scrape.value("zodbserver_ready") == 1
+
+
+def raw_connection(address: tuple[str, int], first: bytes) -> None:
+    """Connect, send ``first``, and wait for the server to close."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(first)
+        while sock.recv(65536):
+            pass
+
+
+def test_refusals_and_protocol_errors_by_kind(served: Served) -> None:
+    assert isinstance(served.address, tuple)
+    before = served.scrape()
+    # A TLS ClientHello on this plain port.
+    raw_connection(served.address, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    # A frame too large, then one that does not decode.
+    raw_connection(served.address, b"\xff\xff\xff\xff")
+    raw_connection(served.address, b"\x00\x00\x00\x02M5\x00\x00\x00\x03\xc1\xc1\xc1")
+    after = served.scrape()
+    refused = "zodbserver_connections_refused_total"
+    errors = "zodbserver_protocol_errors_total"
+    assert after.delta(before, refused, reason="tls_on_plain_port") == 1
+    assert after.delta(before, errors, kind="frame_too_large") == 1
+    assert after.delta(before, errors, kind="malformed") == 1
+    assert after.types["zodbserver_protocol_errors"] == "counter"
+
+
+def test_status_json_lists_clients_and_the_lock(served: Served, tmp_path: Path) -> None:
+    holder = served.client(tmp_path / "a")
+    served.client(tmp_path / "b")
+    metadata = TransactionMetaData()
+    holder.tpc_begin(metadata)
+    holder.store(holder.new_oid(), z64, zodb_pickle(MinPO(1)), "", metadata)
+    holder.tpc_vote(metadata)
+    try:
+        response = get(served.monitor, "/status.json")
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        status = json.loads(response.body)
+        (storage,) = status["storages"]
+        assert status["state"] == "serving"
+        assert len(storage["clients"]) == 2
+        holding = [client for client in storage["clients"] if client["holds_lock"]]
+        assert len(holding) == 1
+        assert holding[0]["transaction"] == "voted"
+        assert storage["lock"]["holder"] == holding[0]["label"]
+        assert storage["lock"]["held_for"] >= 0
+        assert storage["active_transactions"] == 1
+        assert storage["blob_directory"] == str(served.blob_dir)
+    finally:
+        holder.tpc_finish(metadata)
+    status = json.loads(get(served.monitor, "/status.json").body)
+    (storage,) = status["storages"]
+    assert storage["lock"]["holder"] is None
+    (commit,) = storage["slowest_commits"]
+    assert commit["objects"] == 1
+    assert commit["bytes"] == len(zodb_pickle(MinPO(1)))
+    assert commit["hold"] >= commit["vote"]
+
+
+def test_slow_commits_are_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = Served(tmp_path, slow_commit_threshold=0.5)
+    try:
+        client = served.client(tmp_path / "blobs-client")
+        for pause in (0.0, 0.8):
+            metadata = TransactionMetaData()
+            client.tpc_begin(metadata)
+            client.store(client.new_oid(), z64, zodb_pickle(MinPO(1)), "", metadata)
+            client.tpc_vote(metadata)
+            time.sleep(pause)
+            client.tpc_finish(metadata)
+    finally:
+        served.close()
+    slow = [r for r in caplog.records if r.getMessage().startswith("slow commit")]
+    assert len(slow) == 1, [r.getMessage() for r in slow]
+    message = slow[0].getMessage()
+    assert "1 objects" in message
+    assert (
+        "held the commit lock 0.8" in message or "held the commit lock 0.9" in message
+    )
+
+
+def test_ready_only_between_open_storages_and_shutdown(tmp_path: Path) -> None:
+    """``/ready``: 503 while the storages open, 200 while serving, 503 while
+    shutting down (a vote in the storage keeps shutdown waiting)."""
+    monitor = Monitor(LOCAL)
+    address = monitor.start()
+    assert isinstance(address, tuple)
+    try:
+        starting = get(address, "/ready")
+        assert (starting.status, starting.text) == (503, "starting\n")
+        assert get(address, "/live").status == 200
+        assert get(address, "/").status == 503
+        assert json.loads(get(address, "/status.json").body) == {"state": "starting"}
+        assert Scrape(address).value("zodbserver_ready") == 0
+
+        voting = threading.Event()
+        release = threading.Event()
+        storage = _VoteBlockingStorage(str(tmp_path / "Data.fs"), voting, release)
+        thread = ServerThread(
+            {"1": storage}, ServerSettings(address=LOCAL), monitor=monitor
+        )
+        server_address = thread.start()
+        assert get(address, "/ready").status == 200
+        assert get(address, "/live").status == 200
+
+        client = ClientStorage(server_address, wait_timeout=10)
+        metadata = TransactionMetaData()
+        client.tpc_begin(metadata)
+        client.store(client.new_oid(), z64, zodb_pickle(MinPO(1)), "", metadata)
+        vote = threading.Thread(target=_vote_quietly, args=(client, metadata))
+        vote.start()
+        assert voting.wait(10)
+        stopper = threading.Thread(target=thread.stop)
+        stopper.start()
+        try:
+            wait_until(
+                lambda: get(address, "/ready").status == 503, "not ready on shutdown"
+            )
+            assert get(address, "/ready").text == "shutting down\n"
+            assert get(address, "/live").status == 200
+            assert Scrape(address).value("zodbserver_ready") == 0
+        finally:
+            release.set()
+            stopper.join(60)
+            vote.join(60)
+            client.close()
+        assert get(address, "/ready").status == 503
+    finally:
+        monitor.close()
+    with pytest.raises(ConnectionRefusedError):
+        get(address, "/live")
+
+
+class _VoteBlockingStorage(FileStorage):
+    """A FileStorage whose vote waits until the test lets it go on."""
+
+    def __init__(self, path: str, voting: threading.Event, release: threading.Event):
+        super().__init__(path)
+        self._voting = voting
+        self._release = release
+
+    def tpc_vote(self, transaction: object) -> object:
+        self._voting.set()
+        assert self._release.wait(60)
+        return super().tpc_vote(transaction)
+
+
+def _vote_quietly(client: ClientStorage, metadata: TransactionMetaData) -> None:
+    """Vote while the server shuts down; whatever the outcome, abort, which
+    closes the client's transaction buffer."""
+    with contextlib.suppress(Exception):
+        client.tpc_vote(metadata)
+    client.tpc_abort(metadata)
+
+
+def test_methods_and_paths(served: Served) -> None:
+    assert get(served.monitor, "/nothing").status == 404
+    assert get(served.monitor, "/metrics", method="POST").status == 405
+    head = get(served.monitor, "/metrics", method="HEAD")
+    assert (head.status, head.body) == (200, b"")
+    page = get(served.monitor, "/")
+    assert page.status == 200
+    assert page.content_type == "text/html; charset=utf-8"
+    assert '<meta http-equiv="refresh"' in page.text
