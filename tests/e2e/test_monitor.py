@@ -32,13 +32,12 @@ from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle
 from ZODB.utils import z64
 
-from support.monitoring import Scrape, get
+from support.monitoring import LOCAL, MonitoredServer, Scrape, get
 from support.waiting import wait_until
 from zodbserver.server.monitor import Monitor
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.thread import ServerThread
 
-LOCAL = ("127.0.0.1", 0)
 BLOB_SIZE = 300_000
 COUNTERS = ("loads", "stores", "commits", "aborts", "conflicts", "conflicts_resolved")
 HISTOGRAMS = (
@@ -49,42 +48,9 @@ HISTOGRAMS = (
 )
 
 
-class Served:
-    def __init__(self, tmp_path: Path, **settings: object) -> None:
-        self.path = tmp_path / "Data.fs"
-        self.blob_dir = tmp_path / "blobs"
-        storage = FileStorage(str(self.path), blob_dir=str(self.blob_dir))
-        # Blob directory sizes measured at every scrape.
-        self._monitor = Monitor(LOCAL, blob_size_interval=0)
-        monitor = self._monitor.start()
-        assert isinstance(monitor, tuple)
-        self.monitor = monitor
-        self.thread = ServerThread(
-            {"1": storage},
-            ServerSettings(address=LOCAL, **settings),  # type: ignore[arg-type]
-            monitor=self._monitor,
-        )
-        self.address = self.thread.start()
-        self._clients: list[ClientStorage] = []
-
-    def client(self, blob_dir: Path) -> ClientStorage:
-        client = ClientStorage(self.address, blob_dir=str(blob_dir), wait_timeout=10)
-        self._clients.append(client)
-        return client
-
-    def scrape(self) -> Scrape:
-        return Scrape(self.monitor)
-
-    def close(self) -> None:
-        for client in self._clients:
-            client.close()
-        self.thread.stop()
-        self._monitor.close()
-
-
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    server = Served(tmp_path)
+def served(tmp_path: Path) -> Iterator[MonitoredServer]:
+    server = MonitoredServer(tmp_path)
     yield server
     server.close()
 
@@ -104,7 +70,9 @@ def commit_objects(db: ZODB.DB, count: int) -> list[bytes]:
     return oids
 
 
-def test_counters_move_by_what_clients_did(served: Served, tmp_path: Path) -> None:
+def test_counters_move_by_what_clients_did(
+    served: MonitoredServer, tmp_path: Path
+) -> None:
     writer = served.client(tmp_path / "writer-blobs")
     db = ZODB.DB(writer)
     try:
@@ -182,7 +150,7 @@ def test_counters_move_by_what_clients_did(served: Served, tmp_path: Path) -> No
         db.close()
 
 
-def test_blob_bytes_and_traffic(served: Served, tmp_path: Path) -> None:
+def test_blob_bytes_and_traffic(served: MonitoredServer, tmp_path: Path) -> None:
     payload = os.urandom(BLOB_SIZE)
     db = ZODB.DB(served.client(tmp_path / "writer-blobs"))
     try:
@@ -235,7 +203,7 @@ def raw_connection(address: tuple[str, int], first: bytes) -> None:
             pass
 
 
-def test_refusals_and_protocol_errors_by_kind(served: Served) -> None:
+def test_refusals_and_protocol_errors_by_kind(served: MonitoredServer) -> None:
     assert isinstance(served.address, tuple)
     before = served.scrape()
     # A TLS ClientHello on this plain port.
@@ -252,7 +220,9 @@ def test_refusals_and_protocol_errors_by_kind(served: Served) -> None:
     assert after.types["zodbserver_protocol_errors"] == "counter"
 
 
-def test_status_json_lists_clients_and_the_lock(served: Served, tmp_path: Path) -> None:
+def test_status_json_lists_clients_and_the_lock(
+    served: MonitoredServer, tmp_path: Path
+) -> None:
     holder = served.client(tmp_path / "a")
     served.client(tmp_path / "b")
     metadata = TransactionMetaData()
@@ -288,7 +258,7 @@ def test_status_json_lists_clients_and_the_lock(served: Served, tmp_path: Path) 
 def test_slow_commits_are_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    served = Served(tmp_path, slow_commit_threshold=0.5)
+    served = MonitoredServer(tmp_path, slow_commit_threshold=0.5)
     try:
         client = served.client(tmp_path / "blobs-client")
         for pause in (0.0, 0.8):
@@ -383,7 +353,7 @@ def _vote_quietly(client: ClientStorage, metadata: TransactionMetaData) -> None:
     client.tpc_abort(metadata)
 
 
-def test_methods_and_paths(served: Served) -> None:
+def test_methods_and_paths(served: MonitoredServer) -> None:
     assert get(served.monitor, "/nothing").status == 404
     assert get(served.monitor, "/metrics", method="POST").status == 405
     head = get(served.monitor, "/metrics", method="HEAD")

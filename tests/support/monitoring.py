@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import http.client
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from ZEO.ClientStorage import ClientStorage
+from ZODB.FileStorage import FileStorage
+
+from zodbserver.server.monitor import Monitor
+from zodbserver.server.settings import ServerSettings
+from zodbserver.server.thread import ServerThread
+
+LOCAL = ("127.0.0.1", 0)
 
 #: A sample's labels, as a sorted tuple of (name, value).
 Labels = tuple[tuple[str, str], ...]
@@ -69,3 +78,39 @@ class Scrape:
 
     def storage(self, name: str, storage: str = "1") -> float:
         return self.value(name, storage=storage)
+
+
+class MonitoredServer:
+    """A server thread over a FileStorage with blobs, with a monitor that
+    measures blob directories at every scrape, and ZEO 6 clients."""
+
+    def __init__(self, tmp_path: Path, **settings: object) -> None:
+        self.path = tmp_path / "Data.fs"
+        self.blob_dir = tmp_path / "blobs"
+        storage = FileStorage(str(self.path), blob_dir=str(self.blob_dir))
+        # Blob directory sizes measured at every scrape.
+        self._monitor = Monitor(LOCAL, blob_size_interval=0)
+        monitor = self._monitor.start()
+        assert isinstance(monitor, tuple)
+        self.monitor = monitor
+        self.thread = ServerThread(
+            {"1": storage},
+            ServerSettings(address=LOCAL, **settings),  # type: ignore[arg-type]
+            monitor=self._monitor,
+        )
+        self.address = self.thread.start()
+        self._clients: list[ClientStorage] = []
+
+    def client(self, blob_dir: Path) -> ClientStorage:
+        client = ClientStorage(self.address, blob_dir=str(blob_dir), wait_timeout=10)
+        self._clients.append(client)
+        return client
+
+    def scrape(self) -> Scrape:
+        return Scrape(self.monitor)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.thread.stop()
+        self._monitor.close()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .figures import age, clock, duration, since, size
 from .snapshot import ServerSnapshot, StorageSnapshot
 
 #: Seconds between the page's own reloads.
@@ -50,7 +51,7 @@ def render(
     else:
         parts.append(
             f"<p>Process {snapshot['pid']}, {_e(state)}; "
-            f"as of {_e(_clock(snapshot['taken_at']))}.</p>"
+            f"as of {_e(clock(snapshot['taken_at']))}.</p>"
         )
         for storage in snapshot["storages"]:
             parts.extend(_storage(storage, blob_sizes, now))
@@ -66,12 +67,12 @@ def _storage(
     last = (
         "none yet"
         if last_time is None
-        else f"{storage['last_transaction']} at {_clock(last_time)} "
-        f"({_age(now - last_time)} ago)"
+        else f"{storage['last_transaction']} at {clock(last_time)} "
+        f"({age(now - last_time)} ago)"
     )
     blobs = storage["blob_directory"]
     rows: list[tuple[str, Any]] = [
-        ("Size", _bytes(storage["size"])),
+        ("Size", size(storage["size"])),
         ("Objects", storage["objects"]),
         ("Last transaction", last),
         ("Connected clients", storage["connections"]),
@@ -80,8 +81,9 @@ def _storage(
         ("Serving since", storage["started"]),
     ]
     if blobs is not None:
-        size = blob_sizes.get(blobs)
-        rows.append(("Blobs", f"{blobs} ({_bytes(size) if size is not None else '…'})"))
+        measured = blob_sizes.get(blobs)
+        shown = "…" if measured is None else size(measured)
+        rows.append(("Blobs", f"{blobs} ({shown})"))
     rows.extend(
         (name.replace("_", " ").capitalize(), n)
         for name, n in storage["counters"].items()
@@ -95,7 +97,7 @@ def _storage(
         held = lock["held_for"] or 0.0
         yield (
             f'<p class="lock">The commit lock is held by {_e(lock["holder"])} '
-            f"for {_age(held)}.</p>"
+            f"for {age(held)}.</p>"
         )
     if lock["queue"]:
         yield (
@@ -120,7 +122,7 @@ def _storage(
                 client["label"],
                 client["identity"] or "",
                 client["access"] + (", read-only" if client["read_only"] else ""),
-                _since(client["connected_at"], now),
+                since(client["connected_at"], now),
                 client["loads"],
                 client["commits"],
                 _transaction(client),
@@ -134,14 +136,14 @@ def _storage(
         ("Finished", "Client", "Objects", "Bytes", "Held", "Waited", "Vote", "Finish"),
         [
             (
-                _clock(entry["finished_at"]),
+                clock(entry["finished_at"]),
                 entry["client"],
                 entry["objects"],
                 entry["bytes"],
-                _seconds(entry["hold"]),
-                _seconds(entry["wait"]),
-                _seconds(entry["vote"]),
-                _seconds(entry["finish"]),
+                duration(entry["hold"]),
+                duration(entry["wait"]),
+                duration(entry["vote"]),
+                duration(entry["finish"]),
             )
             for entry in slowest
         ],
@@ -180,35 +182,3 @@ def _table(
 
 def _e(value: object) -> str:
     return html.escape(str(value))
-
-
-def _clock(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
-def _age(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def _since(epoch: float, now: float) -> str:
-    return f"{_clock(epoch)} ({_age(now - epoch)} ago)"
-
-
-def _seconds(value: float) -> str:
-    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def _bytes(size: int) -> str:
-    value, unit = float(size), "bytes"
-    for larger in ("KB", "MB", "GB", "TB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, larger
-    return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
