@@ -101,6 +101,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.read_only:
         settings = dataclasses.replace(settings, read_only=True)
         options.append("--read-only")
+    if args.monitor_address_text is not None:
+        settings = dataclasses.replace(
+            settings, monitor_address=parse_address(args.monitor_address_text)
+        )
+        options += ["--monitor-address", args.monitor_address_text]
     if args.access_rules is not None:
         path = os.path.abspath(args.access_rules)
         load_rules(path)  # a bad rule is an error now, not at start
@@ -303,6 +308,15 @@ def _server_options(suppress: bool) -> argparse.ArgumentParser:
         "SERVER-ONLY for no client certificates (as <ssl> authenticate)",
     )
     group.add_argument(
+        "--monitor-address",
+        metavar="ADDRESS",
+        dest="monitor_address_text",
+        type=_address_text,
+        default=default(None),
+        help="answer HTTP there: /metrics (Prometheus), a status page at /, "
+        "/live, /ready, /status.json; PORT (on 127.0.0.1) or HOST:PORT",
+    )
+    group.add_argument(
         "--access-rules",
         metavar="FILE",
         default=default(None),
@@ -384,11 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
         "access rules, which it applies to the clients already connected. "
         "Exits 1 if it is not running.",
     )
-    command(
+    status = command(
         "status",
         "tell whether the server runs",
         "Print whether the server is running. Exit 0 running, 3 not running, "
-        "1 not running but a stale pid file remains.",
+        "1 not running but a stale pid file remains. With --verbose, also "
+        "what the monitor shows (storages, clients, the commit lock, the "
+        "slowest recent commits), or without a monitor-address the "
+        "server_status counters.",
+    )
+    status.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the server's figures too",
     )
     logtail = command(
         "logtail",
@@ -476,12 +499,26 @@ def main(argv: list[str] | None = None) -> int:
                 return stopped
         return _become(user) or start(plan, args.timeout)
     if args.command == "status":
-        return daemon.status(PROGRAM, plan.pid_file)
+        state = daemon.status(PROGRAM, plan.pid_file)
+        if state == EXIT_OK and args.verbose:
+            return _print_figures(plan)
+        return state
     if args.command == "reload":
         return daemon.reload(PROGRAM, plan.pid_file)
     if args.command == "logtail":
         return _logtail(plan, args.lines, follow=not args.no_follow)
     raise AssertionError(args.command)
+
+
+def _print_figures(plan: Plan) -> int:
+    from .status_report import StatusUnavailableError, report
+
+    try:
+        print(report(plan.config.settings), end="")
+    except StatusUnavailableError as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _logtail(plan: Plan, lines: int, follow: bool) -> int:
