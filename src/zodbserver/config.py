@@ -111,6 +111,24 @@ def seconds(value: str) -> float:
     return parse_seconds(value)
 
 
+def byte_size(value: str) -> int:
+    """A positive byte count, optionally with a KB/MB/GB suffix."""
+    number = parse_byte_size(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1 byte: {value!r}")
+    return number
+
+
+def connection_limit(value: str) -> int | None:
+    """A positive number of connections, or ``none`` for no limit."""
+    if value.strip().lower() == "none":
+        return None
+    number = non_negative_integer(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1 (or none): {value!r}")
+    return number
+
+
 def frame_size(value: str) -> int:
     """A byte count of at least 1KB, optionally with a KB/MB/GB suffix."""
     number = parse_byte_size(value)
@@ -261,6 +279,11 @@ def _settings(zeo: Any, environ: Mapping[str, str]) -> ServerSettings:
         access_rules=zeo.access_rules,
         monitor_address=zeo.monitor_address,
         slow_commit_threshold=zeo.slow_commit_threshold,
+        transaction_spool_threshold=zeo.transaction_spool_threshold,
+        max_connections=zeo.max_connections,
+        register_timeout=zeo.register_timeout,
+        connection_buffer_limit=zeo.connection_buffer_limit,
+        slow_client_timeout=zeo.slow_client_timeout,
         tls=None if zeo.ssl is None else zeo.ssl[0],
         tls_handshake_timeout=(
             defaults.tls_handshake_timeout if zeo.ssl is None else zeo.ssl[1]

@@ -195,6 +195,14 @@ class SnapshotCollector(Collector):
         for kind, count in sorted(traffic["protocol_errors"].items()):
             errors.add_metric([kind], count)
         yield errors
+        closed = CounterMetricFamily(
+            "zodbserver_connections_closed",
+            "Connections the server closed, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(traffic["closed"].items()):
+            closed.add_metric([reason], count)
+        yield closed
 
 
 def exposition(

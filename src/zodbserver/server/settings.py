@@ -42,3 +42,16 @@ class ServerSettings:
     monitor_address: Address | None = None
     #: Seconds a commit may hold the commit lock before it is logged.
     slow_commit_threshold: float = 1.0
+    #: Bytes of a transaction's stores kept in memory before the rest go to
+    #: a temporary file (``spool``).
+    transaction_spool_threshold: int = 16 * 1024 * 1024
+    #: Connections served at once; more are refused (None: no limit).
+    max_connections: int | None = 1000
+    #: Seconds a connection has to register for a storage.
+    register_timeout: float = 30.0
+    #: Bytes of replies a connection may have unsent before the server stops
+    #: reading its calls (it reads again below a quarter of this).
+    connection_buffer_limit: int = 8 * 1024 * 1024
+    #: Seconds a connection may stay over its buffer limit before it is
+    #: closed, as a client that does not read its replies.
+    slow_client_timeout: float = 300.0

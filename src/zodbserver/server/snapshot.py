@@ -67,6 +67,7 @@ class TrafficSnapshot(TypedDict):
     blob_downloaded_bytes: int
     refused: dict[str, int]
     protocol_errors: dict[str, int]
+    closed: dict[str, int]
 
 
 class ServerSnapshot(TypedDict):
@@ -159,4 +160,5 @@ def _traffic(traffic: Traffic) -> TrafficSnapshot:
         "protocol_errors": {
             str(kind): n for kind, n in traffic.protocol_errors.items()
         },
+        "closed": {str(reason): n for reason, n in traffic.closed.items()},
     }

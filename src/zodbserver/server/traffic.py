@@ -18,6 +18,14 @@ class Refusal(StrEnum):
     TLS_HANDSHAKE = "tls_handshake"
     TLS_ON_PLAIN_PORT = "tls_on_plain_port"
     ACCESS_DENIED = "access_denied"
+    MAX_CONNECTIONS = "max_connections"
+
+
+class Closure(StrEnum):
+    """Why the server closed a connection it had accepted (``reason``)."""
+
+    REGISTER_TIMEOUT = "register_timeout"
+    SLOW_CLIENT = "slow_client"
 
 
 class ProtocolFault(StrEnum):
@@ -38,3 +46,4 @@ class Traffic:
     blob_downloaded_bytes: int = 0
     refused: Counter[Refusal] = field(default_factory=Counter)
     protocol_errors: Counter[ProtocolFault] = field(default_factory=Counter)
+    closed: Counter[Closure] = field(default_factory=Counter)

@@ -18,8 +18,9 @@ one slow client cannot make us buffer without bound.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any, cast
 
 from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
@@ -40,12 +41,14 @@ from .access import Credentials, credentials
 from .methods import METHODS, TRANSACTION_CALLS, Method
 from .session import Session
 from .storage_server import StorageServer
-from .traffic import ProtocolFault, Refusal
+from .traffic import Closure, ProtocolFault, Refusal
 
 logger = logging.getLogger(__name__)
 
-#: Replies batched before a write, when a chunk holds many calls.
+#: Replies batched before a write, when a chunk holds many calls, and the
+#: bytes after which a batch is written even if shorter.
 FLUSH_WRITES = 64
+FLUSH_BYTES = 256 * 1024
 
 #: How a TLS client's first bytes begin: a handshake record, TLS 1.x.  No
 #: ZEO frame starts so: its length prefix would be over 369 MB.
@@ -71,8 +74,17 @@ class ServerProtocol(asyncio.Protocol):
         self._first_plain_data = False
         self._connections = connections
         self._transport: asyncio.Transport | None = None
-        #: Writes not yet handed to the transport (None: none pending).
+        #: Writes not yet handed to the transport (None: none pending), and
+        #: their size.
         self._batch: list[bytes | bytearray] | None = None
+        self._batch_bytes = 0
+        #: Calls of a received chunk not handled yet, because the replies
+        #: before them filled the send buffer: handled when it drains.
+        self._backlog: Iterator[object] | None = None
+        #: Closes a connection that never registers, or that stays over its
+        #: send-buffer limit (a client that does not read its replies).
+        self._register_timer: asyncio.TimerHandle | None = None
+        self._slow_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self.closed = False
         #: Done once ``connection_lost`` has run.
@@ -97,7 +109,24 @@ class ServerProtocol(asyncio.Protocol):
         self.label = address_label(peername)
         if self.credentials.names:
             self.label = f"{self.credentials.names[0]} at {self.label}"
+        settings = self.server.settings
+        limit = settings.max_connections
+        if limit is not None and len(self._connections) >= limit:
+            self._traffic.refused[Refusal.MAX_CONNECTIONS] += 1
+            logger.warning(
+                "%s: refused: max-connections (%d) are open", self.label, limit
+            )
+            self.closed = True
+            self._transport.close()
+            return
         self._connections.add(self)
+        buffer_limit = settings.connection_buffer_limit
+        self._transport.set_write_buffer_limits(
+            high=buffer_limit, low=buffer_limit // 4
+        )
+        self._register_timer = self._loop.call_later(
+            settings.register_timeout, self._check_registered
+        )
         self._transport.write(self.connection.greeting())
 
     def data_received(self, data: bytes) -> None:
@@ -113,16 +142,30 @@ class ServerProtocol(asyncio.Protocol):
                 )
                 self.close()
                 return
+        events: Iterator[object] = self.connection.iter_events(data)
+        if self._backlog is not None:  # bytes read before reading paused
+            events = itertools.chain(self._backlog, events)
+        self._handle_events(events)
+
+    def _handle_events(self, events: Iterator[object]) -> None:
+        """Handle calls until the send buffer passes its limit; keep the
+        rest in ``_backlog`` until it drains (reading is paused meanwhile)."""
+        self._backlog = None
         if self._batch is None:
             self._batch = []
         try:
-            for event in self.connection.iter_events(data):
+            for event in events:
                 if self.closed:
                     break
                 self._handle(event)
-                if self._batch is not None and len(self._batch) >= FLUSH_WRITES:
+                if self._batch is not None and (
+                    len(self._batch) >= FLUSH_WRITES or self._batch_bytes >= FLUSH_BYTES
+                ):
                     self._flush()
                     self._batch = []
+                if not self._writable.is_set():
+                    self._backlog = events
+                    break
         except RemoteProtocolError as exc:
             self._traffic.protocol_errors[
                 ProtocolFault.FRAME_TOO_LARGE
@@ -136,6 +179,10 @@ class ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._backlog = None
+        for timer in (self._register_timer, self._slow_timer):
+            if timer is not None:
+                timer.cancel()
         self.connection.close()
         self._connections.discard(self)
         if exc is not None:
@@ -149,11 +196,52 @@ class ServerProtocol(asyncio.Protocol):
         self._writable.clear()
         if self._transport is not None:
             self._transport.pause_reading()
+        self._slow_timer = self._loop.call_later(
+            self.server.settings.slow_client_timeout, self._too_slow
+        )
 
     def resume_writing(self) -> None:
         self._writable.set()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+        if self._backlog is not None:
+            self._handle_events(self._backlog)
+        transport = self._transport
+        if (
+            self._writable.is_set()
+            and transport is not None
+            and not transport.is_closing()
+        ):
+            transport.resume_reading()
+
+    def _too_slow(self) -> None:
+        self._slow_timer = None
+        transport = self._transport
+        if transport is None or self.closed:
+            return
+        self._traffic.closed[Closure.SLOW_CLIENT] += 1
+        logger.warning(
+            "%s: has not read its replies for %g s (%d bytes unsent); closing",
+            self.label,
+            self.server.settings.slow_client_timeout,
+            transport.get_write_buffer_size(),
+        )
+        self.closed = True
+        self.connection.close()
+        transport.abort()
+
+    def _check_registered(self) -> None:
+        self._register_timer = None
+        if self.session.hosted is not None or self.closed:
+            return
+        self._traffic.closed[Closure.REGISTER_TIMEOUT] += 1
+        logger.warning(
+            "%s: did not register within %g s; closing",
+            self.label,
+            self.server.settings.register_timeout,
+        )
+        self.close()
 
     # -- the Peer interface the session uses --------------------------------
 
@@ -201,6 +289,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
+        self._batch_bytes = 0
         if batch and self._transport is not None and not self._transport.is_closing():
             self._transport.writelines(batch)
 
@@ -208,6 +297,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def _write(self, data: bytes | bytearray) -> None:
         self._traffic.sent_bytes += len(data)
+        self._batch_bytes += len(data)
         if self._batch is not None:
             self._batch.append(data)
         elif self._transport is not None and not self._transport.is_closing():
