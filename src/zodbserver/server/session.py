@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ZODB.POSException import ReadOnlyError, StorageError
 from ZODB.serialize import referencesf
 from ZODB.TimeStamp import TimeStamp
-from ZODB.utils import p64, u64, z64
+from ZODB.utils import p64, u64
 
 from .access import Access
 from .blobs import blob_storage
@@ -29,11 +29,14 @@ from .storage_api import (
     TransactionRecord,
 )
 from .storage_server import StorageInfo
+from .tasks import Later
 from .transaction_calls import TransactionCalls
 
 logger = logging.getLogger(__name__)
 
 MAX_NEW_OIDS = 100
+
+T = TypeVar("T")
 
 #: ``iterator_next``'s answer: ``(tid, status, user, description, extension)``.
 TransactionHeader = tuple[bytes, str, bytes, bytes, dict[str, Any]]
@@ -65,7 +68,7 @@ class Session(TransactionCalls):
         )
         self.hosted = hosted
         hosted.sessions.add(self)
-        self.last_tid = hosted.storage.lastTransaction() or z64
+        self.last_tid = hosted.last_tid
         logger.info(
             "%s: registered for storage %r (%s)",
             self.peer.label,
@@ -78,7 +81,7 @@ class Session(TransactionCalls):
         return self._hosted.info()
 
     def lastTransaction(self) -> bytes:
-        return self.storage.lastTransaction() or z64
+        return self._hosted.last_tid
 
     def ping(self) -> None:
         return None
@@ -114,35 +117,48 @@ class Session(TransactionCalls):
 
     # -- reads ------------------------------------------------------------
 
-    def loadBefore(self, oid: bytes, before: bytes) -> LoadResult:
+    # The reads run on the event loop, straight from the page cache, unless
+    # the storage's thread is at work: a vote or finish can hold the locks a
+    # read takes (FileStorage's finish holds its files and its lock across
+    # the fsync), and the loop must not wait for them, so the read goes to
+    # a worker thread and is answered when done (``Later``).
+
+    def _read(self, function: Callable[..., T], *args: Any) -> T | Later[T]:
+        if self._hosted.running:
+            return Later(self.server.tasks, function, *args)
+        return function(*args)
+
+    def loadBefore(self, oid: bytes, before: bytes) -> LoadResult | Later[LoadResult]:
         hosted = self._hosted
         hosted.stats.loads += 1
         self.loads += 1
-        return hosted.storage.loadBefore(oid, before)
+        return self._read(hosted.storage.loadBefore, oid, before)
 
-    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
-        return self.storage.loadSerial(oid, serial)
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes | Later[bytes]:
+        return self._read(self.storage.loadSerial, oid, serial)
 
-    def getTid(self, oid: bytes) -> bytes:
-        return self.storage.getTid(oid)
+    def getTid(self, oid: bytes) -> bytes | Later[bytes]:
+        return self._read(self.storage.getTid, oid)
 
-    def history(self, oid: bytes, size: int = 1) -> list[dict[str, Any]]:
-        return self.storage.history(oid, size=size)
+    def history(
+        self, oid: bytes, size: int = 1
+    ) -> list[dict[str, Any]] | Later[list[dict[str, Any]]]:
+        return self._read(_history, self.storage, oid, size)
 
-    def record_iternext(self, next_oid: bytes | None = None) -> RecordIteration:
+    def record_iternext(
+        self, next_oid: bytes | None = None
+    ) -> RecordIteration | Later[RecordIteration]:
         record_iternext: Callable[[bytes | None], RecordIteration] | None = getattr(
             self.storage, "record_iternext", None
         )
         if record_iternext is None:
             raise TypeError("the storage does not support record_iternext")
-        return record_iternext(next_oid)
+        return self._read(record_iternext, next_oid)
 
-    def new_oids(self, n: int = MAX_NEW_OIDS) -> list[bytes]:
+    def new_oids(self, n: int = MAX_NEW_OIDS) -> list[bytes] | Later[list[bytes]]:
         if self.read_only:
             raise ReadOnlyError()
-        n = min(max(n, 1), MAX_NEW_OIDS)
-        new_oid = self.storage.new_oid
-        return [new_oid() for _ in range(n)]
+        return self._read(_new_oids, self.storage, min(max(n, 1), MAX_NEW_OIDS))
 
     # -- administration ---------------------------------------------------
 
@@ -268,6 +284,15 @@ class Session(TransactionCalls):
             self.server.tasks.spawn(self._abort_in_storage())
         else:
             self._end_transaction()
+
+
+def _history(storage: ServedStorage, oid: bytes, size: int) -> list[dict[str, Any]]:
+    return storage.history(oid, size=size)
+
+
+def _new_oids(storage: ServedStorage, n: int) -> list[bytes]:
+    new_oid = storage.new_oid
+    return [new_oid() for _ in range(n)]
 
 
 def _scan_invalidations(

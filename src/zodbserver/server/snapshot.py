@@ -92,7 +92,7 @@ def _storage(hosted: HostedStorage) -> StorageSnapshot:
     stats = hosted.stats
     lock = hosted.commit_lock
     times = hosted.commit_times
-    last = storage.lastTransaction() or z64
+    last = hosted.last_tid
     # A blob storage's helper knows its directory; a FileStorage without
     # blobs has a helper without one.
     blob_directory = getattr(getattr(storage, "fshelper", None), "base_dir", None)

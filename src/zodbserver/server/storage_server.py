@@ -136,6 +136,13 @@ class HostedStorage:
 
     # -- what clients are told ------------------------------------------
 
+    @property
+    def last_tid(self) -> bytes:
+        """The storage's last transaction, as this server published it --
+        without calling into the storage, whose ``lastTransaction`` may
+        wait for a finish's lock (FileStorage's does)."""
+        return self.invalidations.latest_tid
+
     def info(self) -> StorageInfo:
         storage = self.storage
         interfaces = tuple(
@@ -164,7 +171,7 @@ class HostedStorage:
             waiting=lock.waiting,
             lock_time=lock.locked_since,
             timeout_active=lock.timeout is not None,
-            last_transaction=self.storage.lastTransaction() or z64,
+            last_transaction=self.last_tid,
         )
 
     def publish_commit(

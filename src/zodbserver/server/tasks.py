@@ -12,7 +12,8 @@ or cancel, each other's tasks.
 
 Storage calls that may block but do not belong to a commit -- pack, undo
 logs, iteration, invalidation scans, blob reads that miss the page cache,
-closing the storages -- run in the server's own pool of at most
+reads while the storage's thread is writing (``Later``), closing the
+storages -- run in the server's own pool of at most
 ``max_threads`` worker threads (``run_in_thread``), so a client that asks
 for much of that work queues behind others instead of multiplying threads.
 Vote, finish and abort never go there: each hosted storage runs them in its
@@ -27,12 +28,30 @@ import asyncio
 import functools
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 #: Worker threads per server for pack, undo logs, iteration and blob reads.
 DEFAULT_WORKER_THREADS = 8
+
+
+class Later(Generic[T]):
+    """A synchronous method's answer, computed in a worker thread: the
+    method returns one instead of its result when computing it on the loop
+    could wait, and the transport replies once the thread is done."""
+
+    __slots__ = ("_args", "_function", "_tasks")
+
+    def __init__(
+        self, tasks: ServerTasks, function: Callable[..., T], *args: Any
+    ) -> None:
+        self._tasks = tasks
+        self._function = function
+        self._args = args
+
+    async def result(self) -> T:
+        return await self._tasks.run_in_thread(self._function, *self._args)
 
 
 class ServerTasks:

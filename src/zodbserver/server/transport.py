@@ -41,6 +41,7 @@ from .access import Credentials, credentials
 from .methods import METHODS, TRANSACTION_CALLS, Method
 from .session import Session
 from .storage_server import StorageServer
+from .tasks import Later
 from .traffic import Closure, ProtocolFault, Refusal
 
 logger = logging.getLogger(__name__)
@@ -348,6 +349,10 @@ class ServerProtocol(asyncio.Protocol):
         if spec.deferred:
             self.server.tasks.spawn(
                 self._reply_later(msgid, method, result), reply=True
+            )
+        elif type(result) is Later:
+            self.server.tasks.spawn(
+                self._reply_later(msgid, method, result.result()), reply=True
             )
         else:
             self._write(self.connection.reply(msgid, result))
