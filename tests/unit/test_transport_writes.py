@@ -1,34 +1,69 @@
 """How the server hands replies to its transport when one received chunk
 holds many pipelined calls: in order, all of them, and in writes of at most
 ``FLUSH_WRITES`` frames, so a burst of readahead loads is not held in
-memory until the whole chunk is handled."""
+memory until the whole chunk is handled; and once the transport's buffer
+passes its limit, the rest of the chunk waits until the buffer drains."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import ZODB
 from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import maxtid, p64
 
 from zodbserver.protocol import ClientConnection, ErrorReply, Reply
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.storage_server import StorageServer
-from zodbserver.server.transport import FLUSH_WRITES, ServerProtocol
+from zodbserver.server.transport import FLUSH_BYTES, FLUSH_WRITES, ServerProtocol
 
 
 class FakeTransport:
-    """Records what the protocol writes, one entry per write call."""
+    """Records what the protocol writes, one entry per write call, and
+    buffers it as asyncio's transports do: past the high-water mark it
+    pauses the protocol's writing, and ``drain`` resumes it."""
 
     def __init__(self) -> None:
         self.writes: list[list[bytes]] = []
         self.closed = False
+        self.protocol: ServerProtocol | None = None
+        self.high = self.low = 0
+        self.buffered = 0
+        self.most_buffered = 0
+        self.paused = False
+        self.reading = True
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        self.high, self.low = high, low
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def write(self, data: bytes) -> None:
-        self.writes.append([data])
+        self.writelines([data])
 
     def writelines(self, data: Any) -> None:
-        self.writes.append(list(data))
+        frames = list(data)
+        self.writes.append(frames)
+        self.buffered += sum(len(frame) for frame in frames)
+        self.most_buffered = max(self.most_buffered, self.buffered)
+        if self.buffered > self.high and not self.paused and self.protocol:
+            self.paused = True
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        """The client read everything sent so far."""
+        self.buffered = 0
+        if self.paused and self.protocol:
+            self.paused = False
+            self.protocol.resume_writing()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -71,3 +106,55 @@ def test_a_burst_of_calls_is_answered_in_order_in_bounded_writes() -> None:
     assert replies == list(range(1, calls + 2))
     assert len(transport.writes) >= calls // FLUSH_WRITES
     assert max(len(write) for write in transport.writes) <= FLUSH_WRITES
+
+
+OBJECT = b"x" * 100_000
+
+
+async def pipelined_big_loads(
+    calls: int, limit: int
+) -> tuple[FakeTransport, list[Any]]:
+    storage = MappingStorage()
+    db = ZODB.DB(storage)
+    with db.transaction() as connection:
+        connection.root()["big"] = OBJECT
+    server = StorageServer(
+        {"1": storage}, ServerSettings(connection_buffer_limit=limit)
+    )
+    server.attach(asyncio.get_running_loop())
+    protocol = ServerProtocol(server, set())
+    transport = FakeTransport()
+    transport.protocol = protocol
+    protocol.connection_made(transport)
+    client = ClientConnection()
+    (greeting,) = transport.writes.pop()
+    client.receive_data(greeting)
+    chunk = client.handshake() + client.call(1, "register", ("1", True))
+    for msgid in range(2, calls + 2):
+        chunk += client.call(msgid, "loadBefore", (p64(0), maxtid))
+    protocol.data_received(chunk)
+    assert not transport.reading  # paused with most calls unanswered
+    answered_at_pause = sum(len(write) for write in transport.writes)
+    assert answered_at_pause < calls // 2
+    while protocol._backlog is not None or transport.paused:
+        transport.drain()
+    assert transport.reading
+    await asyncio.sleep(0)
+    replies = [
+        event.msgid
+        for write in transport.writes
+        for data in write
+        for event in client.receive_data(data)
+        if isinstance(event, Reply | ErrorReply)
+    ]
+    protocol.connection_lost(None)
+    db.close()
+    return transport, replies
+
+
+def test_calls_past_the_buffer_limit_wait_until_it_drains() -> None:
+    calls, limit = 200, 1024 * 1024
+    transport, replies = asyncio.run(pipelined_big_loads(calls, limit))
+    assert replies == list(range(1, calls + 2))  # all answered, in order
+    # At most a batch of replies past the limit (FLUSH_BYTES, one reply).
+    assert transport.most_buffered <= limit + FLUSH_BYTES + 2 * len(OBJECT)
