@@ -110,6 +110,8 @@ class HostedStorage:
         self._worker = StorageThread(f"storage {name}")
         #: Storage calls running in the worker thread (shutdown waits for them).
         self.running: set[asyncio.Future[Any]] = set()
+        #: Finishes among them: a load may wait for one (``submit_finish``).
+        self.finishing = 0
         if settings.client_conflict_resolution:
             storage.tryToResolveConflict = _refuse_conflict_resolution
 
@@ -129,6 +131,20 @@ class HostedStorage:
         self.running.add(future)
         future.add_done_callback(self.running.discard)
         return future
+
+    def submit_finish(
+        self, function: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        """``submit`` a finish, counted in ``finishing`` until it is done:
+        FileStorage's finish keeps loads waiting across its fsync, which
+        votes and aborts do not."""
+        future = self.submit(function, *args)
+        self.finishing += 1
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, future: asyncio.Future[Any]) -> None:
+        self.finishing -= 1
 
     async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         """Run a storage call in this storage's transaction thread."""

@@ -37,21 +37,20 @@ DEFAULT_WORKER_THREADS = 8
 
 
 class Later(Generic[T]):
-    """A synchronous method's answer, computed in a worker thread: the
-    method returns one instead of its result when computing it on the loop
-    could wait, and the transport replies once the thread is done."""
+    """A synchronous method's answer, to come: the method returns one
+    instead of its result when computing that on the loop could wait (in a
+    worker thread, say), and the transport replies once it is done."""
 
-    __slots__ = ("_args", "_function", "_tasks")
+    __slots__ = ("_args", "_compute")
 
     def __init__(
-        self, tasks: ServerTasks, function: Callable[..., T], *args: Any
+        self, compute: Callable[..., Coroutine[Any, Any, T]], *args: Any
     ) -> None:
-        self._tasks = tasks
-        self._function = function
+        self._compute = compute
         self._args = args
 
     async def result(self) -> T:
-        return await self._tasks.run_in_thread(self._function, *self._args)
+        return await self._compute(*self._args)
 
 
 class ServerTasks:

@@ -273,7 +273,7 @@ class TransactionCalls(SessionBase):
             raise error
         hosted = self._hosted
         txn.state.process(Event.FINISH)
-        finishing = hosted.submit(self._finish_in_storage, txn)
+        finishing = hosted.submit_finish(self._finish_in_storage, txn)
         # The storage thread runs its calls in order, so the next voter may
         # have the lock now: its replay waits behind this finish in the
         # thread's queue instead of for a round trip through the loop once
