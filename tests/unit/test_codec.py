@@ -13,12 +13,15 @@ import copyreg
 import io
 import pickle
 import pickletools
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from ZODB.POSException import ConflictError, POSKeyError, ReadOnlyError
 
 from zodbserver.errors import LocalProtocolError, RemoteProtocolError
@@ -658,3 +661,41 @@ def test_codecs_on_one_thread_share_a_packer_that_a_big_message_replaces() -> No
     thread.start()
     thread.join()
     assert elsewhere[0] is not codec_module._packers.packer
+
+
+# -- memo indexes ----------------------------------------------------------------
+
+#: The C unpickler grows its memo to twice a PUT's index before storing: a
+#: 13-byte message could ask for gigabytes.
+MEMO_PUTS = {
+    "LONG_BINPUT": lambda index: b"r" + index.to_bytes(4, "little"),
+    "PUT": lambda index: b"p" + str(index).encode() + b"\n",
+}
+
+
+@pytest.mark.parametrize("index", [2**26, 2**30, 2**32 - 1])
+@pytest.mark.parametrize("opcode", sorted(MEMO_PUTS))
+def test_a_memo_index_beyond_the_message_is_refused_without_allocating(
+    opcode: str, index: int
+) -> None:
+    data = b"\x80\x03]" + MEMO_PUTS[opcode](index) + b"."
+    pickletools.dis(data, out=io.StringIO())  # control: a valid pickle
+    tracemalloc.start()
+    try:
+        with pytest.raises(RemoteProtocolError, match="memo index"):
+            Codec(PICKLE).decode(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024, f"decoding allocated {peak} bytes"
+
+
+@given(st.lists(st.binary(max_size=20), max_size=300))
+def test_real_pickles_number_their_memo_within_their_length(
+    items: list[bytes],
+) -> None:
+    """Messages as ZEO clients pickle them (protocol 3, a memo entry per
+    object) decode: the check refuses no real message."""
+    message = (7, False, "storea", (items, [tuple(items)], {"k": items}))
+    decoded = Codec(PICKLE).decode(pickle.dumps(message, 3))
+    assert decoded[3][0] == items

@@ -37,21 +37,31 @@ ENCODINGS = (MSGPACK, PICKLE)
 
 
 _EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 
 
-def _refuse_extension_codes(payload: bytes) -> None:
-    """Refuse copyreg extension codes while any are registered.
+def _check_opcodes(payload: bytes) -> None:
+    """Refuse what the C unpickler would act on before any check of ours.
 
-    The C unpickler resolves an extension code it has seen before from
-    ``copyreg._extension_cache`` without asking ``find_class``; nothing is
-    registered unless some library does so, hence the cheap check first.
+    - A memo index beyond the message's own length: the unpickler grows its
+      memo to twice the index at once, so 13 bytes could ask for gigabytes.
+      A real pickle numbers its memo entries from 0, one per object, and
+      has fewer objects than bytes.
+    - copyreg extension codes, while any are registered: the unpickler
+      resolves one it has seen before from ``copyreg._extension_cache``
+      without asking ``find_class``.
     """
-    if not copyreg._inverted_registry:  # type: ignore[attr-defined]
-        return
-    import pickletools  # a quarter megabyte of tables, rarely needed
+    import pickletools  # a quarter megabyte of tables, only for pickle
 
-    for opcode, _, _ in pickletools.genops(payload):
-        if opcode.name in _EXTENSION_OPCODES:
+    extensions = bool(copyreg._inverted_registry)  # type: ignore[attr-defined]
+    limit = len(payload)
+    for opcode, argument, _ in pickletools.genops(payload):
+        name = opcode.name
+        if name in _MEMO_PUTS and isinstance(argument, int) and argument > limit:
+            raise pickle.UnpicklingError(
+                f"memo index {argument} is beyond the {limit}-byte message"
+            )
+        if extensions and name in _EXTENSION_OPCODES:
             raise pickle.UnpicklingError("extension codes are not allowed")
 
 
@@ -178,7 +188,7 @@ class Codec:
             if self.encoding == MSGPACK:
                 message = msgpack.unpackb(payload, raw=False, use_list=False)
             else:
-                _refuse_extension_codes(payload)
+                _check_opcodes(payload)
                 message = _RestrictedUnpickler(payload, self._find_global).load()
         except RecursionError as exc:
             raise RemoteProtocolError("message nested too deeply") from exc
