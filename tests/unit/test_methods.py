@@ -23,6 +23,14 @@ TID = b"\x03" * 8
         ("storea", (OID, TID, b"data", 7), (OID, TID, b"data", 7)),
         ("tpc_begin", (7, b"u", "d", {}), (7, b"u", "d", {})),
         ("tpc_begin", (7, b"u", "d", {}, TID, "p"), (7, b"u", "d", {}, TID, "p")),
+        ("tpc_begin", (7, b"u", "d", {}, TID, " "), (7, b"u", "d", {}, TID, " ")),
+        ("tpc_begin", (7, b"u", "d", {}, TID, b"u"), (7, b"u", "d", {}, TID, "u")),
+        (
+            "storea",
+            (b"\x7f" + b"\xff" * 7, None, b"d", 7),
+            (b"\x7f" + b"\xff" * 7, None, b"d", 7),
+        ),
+        ("pack", (1764000000.5,), (1764000000.5,)),
         ("history", (OID,), (OID,)),
         ("history", (OID, 3), (OID, 3)),
         ("iterator_gc", ((1, 2),), ([1, 2],)),
@@ -96,6 +104,29 @@ def test_good_arguments_are_bound(
             r"undoInfo\(\) argument 3 must be None or a mapping of names to plain",
         ),
         ("undoInfo", (0, -20, "spec"), r"undoInfo\(\) argument 3 must be None or a"),
+        # An oid at the top would leave new_oid nothing to count to.
+        (
+            "storea",
+            (b"\xff" * 8, None, b"data", 7),
+            r"storea\(\) argument 1 must be an 8-byte oid below 2\*\*63",
+        ),
+        ("deleteObject", (b"\x80" + b"\0" * 7, TID, 7), r"oid below 2\*\*63"),
+        ("restorea", (b"\x80" + b"\0" * 7, TID, None, None, 7), r"oid below"),
+        ("storeBlobEnd", (b"\xff" * 8, None, b"d", 7), r"oid below 2\*\*63"),
+        # A status is written into Data.fs as it is: only real ones.
+        (
+            "tpc_begin",
+            (7, b"u", "d", {}, TID, "xyz"),
+            r"argument 6 must be a transaction status: ' ', 'p' or 'u'",
+        ),
+        ("tpc_begin", (7, b"u", "d", {}, TID, "c"), r"a transaction status"),
+        ("tpc_begin", (7, b"u", "d", {}, TID, ""), r"a transaction status"),
+        # A lone surrogate cannot be written as the user or description.
+        ("tpc_begin", (7, "\udc80", "d", {}), r"argument 2 must be a string"),
+        ("pack", (float("inf"),), r"pack\(\) argument 1 must be a time in seconds"),
+        ("pack", (1e300,), r"before the year 10000"),
+        ("pack", (2**63,), r"before the year 10000"),
+        ("pack", (float("nan"),), r"before the year 10000"),
     ],
 )
 def test_bad_arguments_name_the_method_and_argument(

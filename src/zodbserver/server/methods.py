@@ -38,6 +38,16 @@ def _bytes8(value: Any) -> bytes:
     raise ArgumentError("an 8-byte oid or tid")
 
 
+def _oid(value: Any) -> bytes:
+    """An oid a client may store: below 2**63, as every storage allocates
+    them (FileStorage counts up from 0, DemoStorage draws below 2**63).
+    A store at the very top would leave ``new_oid`` nothing to count to,
+    for every client, for good."""
+    if isinstance(value, bytes) and len(value) == 8 and value[0] < 0x80:
+        return value
+    raise ArgumentError("an 8-byte oid below 2**63")
+
+
 def _optional_bytes8(value: Any) -> bytes | None:
     return None if value is None else _bytes8(value)
 
@@ -82,9 +92,28 @@ def _text(value: Any) -> str:
 
 
 def _text_or_bytes(value: Any) -> str | bytes:
-    if isinstance(value, str | bytes):
+    if isinstance(value, bytes):
         return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # a lone surrogate cannot be stored
+        except UnicodeEncodeError:
+            pass
+        else:
+            return value
     raise ArgumentError("a string")
+
+
+#: ``tpc_begin``'s status, as a storage records it: a transaction, one
+#: packed, one undone (copied from another storage with its status).
+TRANSACTION_STATUSES = frozenset({" ", "p", "u"})
+
+
+def _transaction_status(value: Any) -> str:
+    status = _text(value)
+    if status in TRANSACTION_STATUSES:
+        return status
+    raise ArgumentError("a transaction status: ' ', 'p' or 'u'")
 
 
 def _integer(value: Any) -> int:
@@ -97,6 +126,19 @@ def _number(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
     raise ArgumentError("a number")
+
+
+#: The latest pack time a storage can represent: the year 10000.
+LATEST_PACK_TIME = 253402300800.0
+
+
+def _pack_time(value: Any) -> float:
+    """Seconds since the epoch, as ``pack`` takes them: finite, and within
+    what a timestamp holds."""
+    number = _number(value)
+    if 0 <= number < LATEST_PACK_TIME:
+        return number
+    raise ArgumentError("a time in seconds since the epoch, before the year 10000")
 
 
 def _optional_integer(value: Any) -> int | None:
@@ -277,7 +319,7 @@ METHODS: dict[str, Method] = {
     "record_iternext": _sync(S.record_iternext, _optional_data, required=0),
     "new_oids": _sync(S.new_oids, _integer, required=0),
     # administration
-    "pack": _sync(S.pack, _number, _flag, required=1),
+    "pack": _sync(S.pack, _pack_time, _flag, required=1),
     "undoLog": _sync(S.undoLog, _integer, _integer),
     "undoInfo": _sync(S.undoInfo, _integer, _integer, _undo_filter),
     "iterator_start": _sync(S.iterator_start, _optional_bytes8, _optional_bytes8),
@@ -293,24 +335,24 @@ METHODS: dict[str, Method] = {
         _text_or_bytes,
         _mapping,
         _optional_bytes8,
-        _text,
+        _transaction_status,
         required=4,
     ),
-    "storea": _async(S.storea, _bytes8, _optional_serial, _data, _token),
+    "storea": _async(S.storea, _oid, _optional_serial, _data, _token),
     "checkCurrentSerialInTransaction": _async(
-        S.checkCurrentSerialInTransaction, _bytes8, _optional_serial, _token
+        S.checkCurrentSerialInTransaction, _oid, _optional_serial, _token
     ),
-    "deleteObject": _async(S.deleteObject, _bytes8, _serial, _token),
+    "deleteObject": _async(S.deleteObject, _oid, _serial, _token),
     "restorea": _async(
-        S.restorea, _bytes8, _serial, _optional_data, _optional_serial, _token
+        S.restorea, _oid, _serial, _optional_data, _optional_serial, _token
     ),
     "undoa": _async(S.undoa, _data, _token),
     # blobs
     "storeBlobStart": _async(S.storeBlobStart),
     "storeBlobChunk": _async(S.storeBlobChunk, _data),
-    "storeBlobEnd": _async(S.storeBlobEnd, _bytes8, _optional_serial, _data, _token),
+    "storeBlobEnd": _async(S.storeBlobEnd, _oid, _optional_serial, _data, _token),
     "storeBlobShared": _async(
-        S.storeBlobShared, _bytes8, _optional_serial, _data, _text, _token
+        S.storeBlobShared, _oid, _optional_serial, _data, _text, _token
     ),
     "sendBlob": _sync(S.sendBlob, _bytes8, _bytes8),
     "vote": _sync(S.vote, _token),
