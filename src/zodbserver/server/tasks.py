@@ -26,14 +26,32 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 #: Worker threads per server for pack, undo logs, iteration and blob reads.
 DEFAULT_WORKER_THREADS = 8
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """Log what a task raised that no one awaits (a pack the client did not
+    wait for, say) -- once, here, instead of asyncio's "never retrieved"."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        logger.error(
+            "background task %s failed: %r",
+            task.get_coro().__qualname__,  # type: ignore[union-attr]
+            error,
+            exc_info=error,
+        )
 
 
 class Later(Generic[T]):
@@ -80,6 +98,7 @@ class ServerTasks:
         tasks = self._replies if reply else self._services if service else self._work
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     async def run_in_thread(self, function: Callable[..., T], *args: Any) -> T:
