@@ -699,3 +699,16 @@ def test_real_pickles_number_their_memo_within_their_length(
     message = (7, False, "storea", (items, [tuple(items)], {"k": items}))
     decoded = Codec(PICKLE).decode(pickle.dumps(message, 3))
     assert decoded[3][0] == items
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pickle.dumps(bytearray(b"abc"), 5),  # BYTEARRAY8
+        b"\x80\x05\x97\x98.",  # NEXT_BUFFER, READONLY_BUFFER
+    ],
+    ids=["BYTEARRAY8", "NEXT_BUFFER"],
+)
+def test_protocol_5_buffers_are_refused(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError, match="is not allowed"):
+        Codec(PICKLE).decode(data)

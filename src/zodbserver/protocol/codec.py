@@ -38,6 +38,10 @@ ENCODINGS = (MSGPACK, PICKLE)
 
 _EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+#: Protocol 5's buffer opcodes: no ZEO client sends them (ZEO 5 pickles with
+#: protocol 3), and a malformed use can leave a bytearray freed while a
+#: view of it is still exported.
+_BUFFER_OPCODES = frozenset({"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"})
 
 
 def _check_opcodes(payload: bytes) -> None:
@@ -50,6 +54,7 @@ def _check_opcodes(payload: bytes) -> None:
     - copyreg extension codes, while any are registered: the unpickler
       resolves one it has seen before from ``copyreg._extension_cache``
       without asking ``find_class``.
+    - protocol 5's out-of-band buffers.
     """
     import pickletools  # a quarter megabyte of tables, only for pickle
 
@@ -63,6 +68,8 @@ def _check_opcodes(payload: bytes) -> None:
             )
         if extensions and name in _EXTENSION_OPCODES:
             raise pickle.UnpicklingError("extension codes are not allowed")
+        if name in _BUFFER_OPCODES:
+            raise pickle.UnpicklingError(f"{name} is not allowed")
 
 
 #: Resolves ``(module, name)`` from a pickle to an object, or raises.
