@@ -37,3 +37,8 @@ class ConfigurationError(ZodbServerError):
 
 class StorageInUseError(ZodbServerError):
     """The storage's files are locked by another process."""
+
+
+class TransactionSpoolError(ZodbServerError):
+    """A transaction's spool file cannot be read back: it is truncated or
+    damaged, or writing it failed (``server/spool.py``)."""

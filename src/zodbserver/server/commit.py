@@ -1,7 +1,8 @@
 """Commit serialisation: the per-storage commit lock and pending transactions.
 
 A client's ``tpc_begin`` and stores are buffered in its session as a
-``PendingTransaction``; the storage sees nothing until the client votes.
+``PendingTransaction`` (in memory, or past a threshold in a spool file:
+``spool``); the storage sees nothing until the client votes.
 ``vote`` waits for the storage's ``CommitLock`` -- first come, first served
 -- and only the holder replays its buffer into the storage, votes and, later,
 finishes.  The lock is released on finish, on abort, when the vote fails,
@@ -16,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol, TypedDict
+from typing import Final, Protocol, TypedDict
 
 from ZODB.Connection import TransactionMetaData
 
 from .commit_times import CommitClock
+from .settings import ServerSettings
+from .spool import Operation, Spool, SpoolLocation
 from .transaction_state import TransactionState
 
 
@@ -101,44 +104,74 @@ class CommitLock:
             self._timer = loop.call_later(self.timeout, holder.on_transaction_timeout)
 
 
-# Operations buffered before the vote, replayed in order under the lock:
-# tuples whose first item names the operation.
-STORE: Final = "store"
-CHECK_READ: Final = "checkread"
-DELETE: Final = "delete"
-RESTORE: Final = "restore"
-UNDO: Final = "undo"
-
-#: ``(STORE, oid, serial, data)``; no serial for a new object.
-Store = tuple[Literal["store"], bytes, bytes | None, bytes]
-#: ``(CHECK_READ, oid, serial)``
-CheckRead = tuple[Literal["checkread"], bytes, bytes | None]
-#: ``(DELETE, oid, serial)``
-Delete = tuple[Literal["delete"], bytes, bytes]
-#: ``(RESTORE, oid, serial, data, prev_txn)``
-Restore = tuple[Literal["restore"], bytes, bytes, bytes | None, bytes | None]
-#: ``(UNDO, transaction_id)``
-Undo = tuple[Literal["undo"], bytes]
-Operation = Store | CheckRead | Delete | Restore | Undo
+#: What a buffered operation costs in memory besides its data (its tuple,
+#: its oid and serial), counted towards the spool threshold so that a
+#: transaction of many deletes or read checks is bounded too.
+OPERATION_OVERHEAD: Final = 128
 
 
 @dataclass
 class PendingTransaction:
-    """What one client sent between ``tpc_begin`` and its vote."""
+    """What one client sent between ``tpc_begin`` and its vote.
+
+    The operations are kept in ``operations`` until their data (the
+    ``size`` given to ``add``, and ``OPERATION_OVERHEAD`` each) passes
+    ``spool_threshold`` bytes; then all of them go to a ``Spool`` file at
+    ``spool_location`` (``spool``), and so do the later ones.  The event
+    loop adds; the storage thread replays (``replay``).
+    """
 
     token: Hashable
     metadata: TransactionMetaData
     tid: bytes | None = None
     status: str = " "
+    spool_threshold: int = ServerSettings.transaction_spool_threshold
+    spool_location: SpoolLocation = field(default_factory=SpoolLocation)
+    #: The operations, in order, until they are spooled.
     operations: list[Operation] = field(default_factory=list)
+    #: Bytes counted towards ``spool_threshold`` so far.
+    buffered: int = 0
+    spool: Spool | None = None
     #: (oid, serial, data, path): replayed after ``operations``, so that a
     #: blob store wins over the plain store ZEO clients send before it.
     blobs: list[tuple[bytes, bytes | None, bytes, str]] = field(default_factory=list)
     state: TransactionState = field(default_factory=TransactionState)
     clock: CommitClock = field(default_factory=CommitClock)
 
-    def add(self, operation: Operation) -> None:
-        self.operations.append(operation)
+    def add(self, operation: Operation, size: int = 0) -> None:
+        """Buffer ``operation``, whose data is ``size`` bytes (on the event
+        loop)."""
+        if self.spool is None:
+            self.operations.append(operation)
+            self.buffered += size + OPERATION_OVERHEAD
+            if self.buffered > self.spool_threshold:
+                self._spill()
+        else:
+            self.spool.add(operation)
+
+    def _spill(self) -> None:
+        spool = self.spool_location.create()
+        try:
+            for operation in self.operations:
+                spool.add(operation)
+        except BaseException:
+            spool.close()
+            raise
+        self.spool = spool
+        self.operations = []
+
+    def replay(self) -> Iterator[Operation]:
+        """The operations, in the order they were added (in the storage
+        thread, which owns the transaction during its vote)."""
+        if self.spool is None:
+            return iter(self.operations)
+        return iter(self.spool)
+
+    def close(self) -> None:
+        """Remove the spool file, if any (when the transaction ends)."""
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            spool.close()
 
 
 class Conflict(TypedDict):

@@ -30,6 +30,7 @@ from .commit_times import CommitTimes
 from .invalidations import InvalidationQueue
 from .recovery import forget_unfinished_transaction
 from .settings import ServerSettings
+from .spool import SpoolLocation
 from .status import ClientSnapshot, StorageStats, StorageStatus
 from .storage_api import ServedStorage
 from .storage_thread import StorageThread
@@ -98,6 +99,11 @@ class HostedStorage:
         self.settings = settings
         self.read_only = settings.read_only or bool(storage.isReadOnly())
         forget_unfinished_transaction(name, storage)
+        #: Where transactions past the spool threshold keep their stores.
+        self.spool_location = SpoolLocation.of(storage)
+        # Spool files of a server that was killed during a transaction: no
+        # one reads them, and no transaction of ours has begun yet.
+        self.spool_location.remove_stale()
         self.commit_lock = CommitLock(settings.transaction_timeout)
         self.stats = StorageStats()
         self.commit_times = CommitTimes()

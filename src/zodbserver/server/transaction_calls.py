@@ -26,7 +26,7 @@ from ZODB.POSException import (
     StorageTransactionError,
 )
 
-from . import commit
+from . import spool
 from .blobs import BlobUpload, blob_storage, remove_quietly, shared_blob_path
 from .commit import Conflict, PendingTransaction, VoteResult
 from .session_base import SessionBase
@@ -60,8 +60,16 @@ class TransactionCalls(SessionBase):
             )
         self._async_error = None
         metadata = TransactionMetaData(user, description, dict(extension))
-        self.transaction = PendingTransaction(token, metadata, tid, status)
-        self._hosted.stats.active_txns += 1
+        hosted = self._hosted
+        self.transaction = PendingTransaction(
+            token,
+            metadata,
+            tid,
+            status,
+            hosted.settings.transaction_spool_threshold,
+            hosted.spool_location,
+        )
+        hosted.stats.active_txns += 1
 
     def _pending(self, token: Hashable) -> PendingTransaction:
         txn = self.transaction
@@ -76,16 +84,16 @@ class TransactionCalls(SessionBase):
     def storea(
         self, oid: bytes, serial: bytes | None, data: bytes, token: Hashable
     ) -> None:
-        self._pending(token).add((commit.STORE, oid, serial, data))
+        self._pending(token).add((spool.STORE, oid, serial, data), len(data))
         self._hosted.stats.stores += 1
 
     def checkCurrentSerialInTransaction(
         self, oid: bytes, serial: bytes | None, token: Hashable
     ) -> None:
-        self._pending(token).add((commit.CHECK_READ, oid, serial))
+        self._pending(token).add((spool.CHECK_READ, oid, serial))
 
     def deleteObject(self, oid: bytes, serial: bytes, token: Hashable) -> None:
-        self._pending(token).add((commit.DELETE, oid, serial))
+        self._pending(token).add((spool.DELETE, oid, serial))
         self._hosted.stats.stores += 1
 
     def restorea(
@@ -96,11 +104,14 @@ class TransactionCalls(SessionBase):
         prev_txn: bytes | None,
         token: Hashable,
     ) -> None:
-        self._pending(token).add((commit.RESTORE, oid, serial, data, prev_txn))
+        self._pending(token).add(
+            (spool.RESTORE, oid, serial, data, prev_txn),
+            0 if data is None else len(data),
+        )
         self._hosted.stats.stores += 1
 
     def undoa(self, undo_id: bytes, token: Hashable) -> None:
-        self._pending(token).add((commit.UNDO, undo_id))
+        self._pending(token).add((spool.UNDO, undo_id))
 
     def storeBlobStart(self) -> None:
         if self.transaction is None or self.read_only:
@@ -223,22 +234,22 @@ class TransactionCalls(SessionBase):
                     conflicts.pop(oid, None)
                     result.invalidated.append(oid)
 
-            for operation in txn.operations:
-                if operation[0] == commit.STORE:
+            for operation in txn.replay():
+                if operation[0] == spool.STORE:
                     _, oid, serial, data = operation
                     store(oid, serial, data, None)
-                elif operation[0] == commit.CHECK_READ:
+                elif operation[0] == spool.CHECK_READ:
                     _, oid, serial = operation
                     storage.checkCurrentSerialInTransaction(oid, serial, metadata)
-                elif operation[0] == commit.DELETE:
+                elif operation[0] == spool.DELETE:
                     _, oid, serial = operation
                     storage.deleteObject(oid, serial, metadata)
                     result.invalidated.append(oid)
-                elif operation[0] == commit.RESTORE:
+                elif operation[0] == spool.RESTORE:
                     _, oid, serial, record, prev_txn = operation
                     storage.restore(oid, serial, record, "", prev_txn, metadata)
                     result.invalidated.append(oid)
-                elif operation[0] == commit.UNDO:
+                elif operation[0] == spool.UNDO:
                     _, undo_id = operation
                     _, oids = storage.undo(undo_id, metadata)
                     result.invalidated.extend(oids)
@@ -360,6 +371,7 @@ class TransactionCalls(SessionBase):
         self._discard_upload()
         for _, _, _, path in txn.blobs:
             remove_quietly(path)  # what the storage did not take
+        txn.close()
         hosted.stats.active_txns -= 1
         hosted.commit_lock.release(self)
 
