@@ -503,6 +503,45 @@ def test_calls_after_the_vote_fail_the_finish(
     server.assert_intact(new_tids=(tid,))
 
 
+def test_calls_in_one_packet_are_taken_in_the_order_sent(
+    server: Server, no_fatal_errors: None
+) -> None:
+    """The vote checks the transaction when its frame arrives, not when its
+    answer is computed: a vote sent before its tpc_begin in the same packet
+    is refused, and a store sent after the vote in the same packet fails
+    the finish -- nothing commits out of order."""
+    with server.registered() as client:
+        oid = client.result("new_oids", 1)[0]
+        connection = client.connection
+        vote = 7
+        client.sock.sendall(
+            connection.call(vote, "vote", (1,))
+            + connection.call_async("tpc_begin", (1, "", "", {}))
+            + connection.call_async("storea", (oid, Z64, record("early vote"), 1))
+        )
+        event = client.next_event()
+        assert isinstance(event, ErrorReply), event
+        assert (event.msgid, event.class_name) == (vote, TRANSACTION_ERROR)
+        assert client.result("tpc_abort", 1) is None
+        assert_unknown_oid(client, oid)
+
+        late = client.result("new_oids", 1)[0]
+        client.call_async("tpc_begin", 2, "", "", {})
+        client.call_async("storea", oid, Z64, record("voted"), 2)
+        client.sock.sendall(
+            connection.call(8, "vote", (2,))
+            + connection.call_async("storea", (late, Z64, record("late"), 2))
+        )
+        event = client.next_event()
+        assert isinstance(event, Reply), event
+        event = client.call("tpc_finish", 2)
+        assert isinstance(event, ErrorReply), event
+        assert client.result("tpc_abort", 2) is None
+        assert_unknown_oid(client, oid)
+        assert_unknown_oid(client, late)
+    server.assert_intact()
+
+
 # -- what the decoder must refuse ---------------------------------------------
 
 
@@ -790,3 +829,22 @@ def test_zeo_client_commits_while_a_raw_client_holds_then_dies(
     finally:
         db.close()
     server.assert_intact((tid,))
+
+
+def test_a_tid_before_the_last_transaction_is_refused(
+    server: Server, no_fatal_errors: None
+) -> None:
+    """``tpc_begin`` with a tid of the client's choosing (as copying
+    transactions does) must go forward: an earlier one would commit out of
+    order, and invalidations would go backwards."""
+    with server.registered() as client:
+        last = client.result("lastTransaction")
+        oid = client.result("new_oids", 1)[0]
+        client.call_async("tpc_begin", 1, "", "", {}, last, " ")
+        client.call_async("storea", oid, Z64, record("back in time"), 1)
+        event = client.call("vote", 1)
+        assert isinstance(event, ErrorReply), event
+        assert event.class_name == TRANSACTION_ERROR
+        assert "is not after the last transaction" in str(event.payload)
+        assert_unknown_oid(client, oid)
+    server.assert_intact()

@@ -18,6 +18,7 @@ from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle
 from ZODB.utils import z64
 
+from support.answers import answer, call_now
 from zodbserver.server.commit import CommitLock
 from zodbserver.server.session import Session
 from zodbserver.server.settings import ServerSettings
@@ -80,8 +81,8 @@ class Client:
             self.session.async_call_failed(method, exc)
 
     def call(self, method: str, *args: Any) -> None:
-        coroutine = getattr(self.session, method)(*args)
-        self.calls.append(asyncio.ensure_future(coroutine))
+        answer = call_now(getattr(self.session, method), *args)
+        self.calls.append(asyncio.ensure_future(answer))
 
     def act(self, action: str, oid: bytes) -> None:
         if action == "begin":
@@ -134,8 +135,8 @@ async def _interleave(actions: list[tuple[int, str, int]]) -> None:
             serial = z64  # never committed
         last.session.storea(oids[1], serial, zodb_pickle(MinPO(0)), last.token)
         async with asyncio.timeout(STUCK):  # a fault fails the example, not hangs
-            assert await last.session.vote(last.token) is not None
-            assert await last.session.tpc_finish(last.token) is not None
+            assert await answer(last.session.vote, last.token) is not None
+            assert await answer(last.session.tpc_finish, last.token) is not None
         last.session.disconnected()
     finally:
         async with asyncio.timeout(STUCK):

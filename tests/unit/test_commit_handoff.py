@@ -17,6 +17,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import POSKeyError
 from ZODB.utils import z64
 
+from support.answers import answer
 from zodbserver.server.session import Session
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.storage_server import StorageServer
@@ -91,10 +92,10 @@ async def _finish_held(
     storage, server, first, second = await _open()
     oid_first, oid_second = storage.new_oid(), storage.new_oid()
     _begin(first, 1, oid_first, b"first")
-    assert await first.vote(1) == []
+    assert await answer(first.vote, 1) == []
     storage.gate.clear()
     storage.fail_next_finish = fail
-    finishing = asyncio.ensure_future(first.tpc_finish(1))
+    finishing = asyncio.ensure_future(answer(first.tpc_finish, 1))
     await asyncio.to_thread(storage.finishing.wait, WAIT)
     return storage, server, first, second, oid_first, oid_second, finishing
 
@@ -104,7 +105,7 @@ def test_a_failed_finish_is_aborted_before_the_next_replay() -> None:
         held = await _finish_held(fail=True)
         storage, server, first, second, oid_first, oid_second, finishing = held
         _begin(second, 2, oid_second, b"second")
-        voting = asyncio.ensure_future(second.vote(2))
+        voting = asyncio.ensure_future(answer(second.vote, 2))
         lock = server.hosted["1"].commit_lock
         await _until(lambda: lock.holder is second)
         storage.gate.set()
@@ -113,7 +114,7 @@ def test_a_failed_finish_is_aborted_before_the_next_replay() -> None:
         # Without the abort inside the failed finish, the storage would still
         # be in the first transaction and the replay would wait forever.
         assert await asyncio.wait_for(voting, WAIT) == []
-        tid = await second.tpc_finish(2)
+        tid = await answer(second.tpc_finish, 2)
         assert storage.load(oid_second) == (b"second", tid)
         with pytest.raises(POSKeyError):
             storage.load(oid_first)
@@ -132,7 +133,7 @@ def test_the_next_voter_hears_of_the_commit_before_its_vote_returns() -> None:
         heard_before_vote: list[Any] = []
 
         async def vote() -> Any:
-            result = await second.vote(2)
+            result = await answer(second.vote, 2)
             heard_before_vote.extend(second.peer.sent)  # type: ignore[attr-defined]
             return result
 
@@ -146,7 +147,7 @@ def test_the_next_voter_hears_of_the_commit_before_its_vote_returns() -> None:
         assert first.peer.sent == [  # type: ignore[attr-defined]
             ("info", ({"length": 1, "size": storage.getSize()},))
         ]
-        assert await second.tpc_finish(2) > tid
+        assert await answer(second.tpc_finish, 2) > tid
         await asyncio.to_thread(server.close_storages)
 
     asyncio.run(scenario())

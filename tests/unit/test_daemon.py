@@ -34,9 +34,10 @@ DAEMON = textwrap.dedent(
         sys.exit(75)
     if mode == "exit":
         sys.exit(1)
+    # Before the report: a stop may follow it at once.
+    signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
     if mode == "ready":
         report.ready("somewhere:1")
-    signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
     try:
         time.sleep(60)
     finally:

@@ -127,7 +127,7 @@ class Session(TransactionCalls):
 
     def _read(self, function: Callable[..., T], *args: Any) -> T | Later[T]:
         if self._hosted.running:
-            return Later(self.server.tasks.run_in_thread, function, *args)
+            return Later(self.server.tasks.run_in_thread(function, *args))
         return function(*args)
 
     def loadBefore(self, oid: bytes, before: bytes) -> LoadResult | Later[LoadResult]:
@@ -135,7 +135,7 @@ class Session(TransactionCalls):
         hosted.stats.loads += 1
         self.loads += 1
         if hosted.finishing:
-            return Later(self._load_settled, oid, before)
+            return Later(self._load_settled(oid, before))
         return hosted.storage.loadBefore(oid, before)
 
     async def _load_settled(self, oid: bytes, before: bytes) -> LoadResult:

@@ -55,20 +55,19 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
 
 
 class Later(Generic[T]):
-    """A synchronous method's answer, to come: the method returns one
-    instead of its result when computing that on the loop could wait (in a
-    worker thread, say), and the transport replies once it is done."""
+    """A synchronous method's answer, to come.  The method does at once
+    what must happen in the order the calls arrived (check its arguments
+    against the session's state, change that state) and returns one of
+    these instead of a result for what has to wait (the commit lock, a
+    worker thread); the transport replies once ``result`` is done."""
 
-    __slots__ = ("_args", "_compute")
+    __slots__ = ("_pending",)
 
-    def __init__(
-        self, compute: Callable[..., Coroutine[Any, Any, T]], *args: Any
-    ) -> None:
-        self._compute = compute
-        self._args = args
+    def __init__(self, pending: Coroutine[Any, Any, T]) -> None:
+        self._pending = pending
 
     async def result(self) -> T:
-        return await self._compute(*self._args)
+        return await self._pending
 
 
 class ServerTasks:

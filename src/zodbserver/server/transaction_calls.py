@@ -16,8 +16,10 @@ connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
+from typing import Any, NoReturn
 
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import (
@@ -31,6 +33,7 @@ from .blobs import BlobUpload, blob_storage, remove_quietly, shared_blob_path
 from .commit import Conflict, PendingTransaction, VoteResult
 from .session_base import SessionBase
 from .status import ClientSnapshot
+from .tasks import Later
 from .transaction_state import Event, State
 
 logger = logging.getLogger(__name__)
@@ -153,7 +156,12 @@ class TransactionCalls(SessionBase):
 
     # -- transactions: two-phase commit -------------------------------------
 
-    async def vote(self, token: Hashable) -> list[Conflict] | list[bytes]:
+    # The three steps of the commit check and change the transaction's state
+    # when their call arrives -- a store sent after the vote in the same
+    # packet finds the transaction voting -- and return what waits (the
+    # lock, the storage thread) as a ``Later``.
+
+    def vote(self, token: Hashable) -> Later[list[Conflict] | list[bytes]]:
         txn = self.transaction
         if self._async_error is not None and (
             txn is None or txn.state.state is State.BUFFERING
@@ -165,11 +173,18 @@ class TransactionCalls(SessionBase):
         # A second vote is refused here; a transaction that is voting or
         # voted is ended only by its vote, finish or abort.
         txn = self._pending(token)
-        hosted = self._hosted
         state = txn.state
         state.process(Event.VOTE)
         clock = txn.clock
         clock.vote_requested = clock.now()
+        return Later(self._vote_when_locked(txn))
+
+    async def _vote_when_locked(
+        self, txn: PendingTransaction
+    ) -> list[Conflict] | list[bytes]:
+        hosted = self._hosted
+        state = txn.state
+        clock = txn.clock
         await hosted.commit_lock.acquire(self)
         if self.transaction is not txn:
             hosted.commit_lock.release(self)
@@ -206,6 +221,16 @@ class TransactionCalls(SessionBase):
         """Replay the buffered operations and vote (in the storage thread)."""
         storage = self.storage
         metadata = txn.metadata
+        if txn.tid is not None:
+            # A tid the client chose (copying transactions from another
+            # storage) must come after every committed one: the storage
+            # takes it as it is.
+            last = storage.lastTransaction()
+            if last is not None and txn.tid <= last:
+                raise StorageTransactionError(
+                    f"tid {txn.tid.hex()} is not after the last transaction "
+                    f"{last.hex()}"
+                )
         if txn.tid is not None or txn.status != " ":
             storage.tpc_begin(metadata, txn.tid, txn.status)
         else:
@@ -268,7 +293,7 @@ class TransactionCalls(SessionBase):
             raise
         return result
 
-    async def tpc_finish(self, token: Hashable) -> bytes | None:
+    def tpc_finish(self, token: Hashable) -> bytes | Later[bytes] | None:
         txn = self.transaction
         if txn is None or txn.token != token:
             logger.warning("%s: tpc_finish for an unknown transaction", self.peer.label)
@@ -280,8 +305,7 @@ class TransactionCalls(SessionBase):
             # A call of this transaction failed after its vote: what the
             # client sent is not what the storage voted, so nothing commits.
             error, self._async_error = self._async_error, None
-            await self._abort_in_storage()
-            raise error
+            return Later(_raise_after(self._abort_in_storage(), error))
         hosted = self._hosted
         txn.state.process(Event.FINISH)
         finishing = hosted.submit_finish(self._finish_in_storage, txn)
@@ -293,6 +317,15 @@ class TransactionCalls(SessionBase):
         # is handled on the loop in the order it arrives.
         hosted.commit_lock.release(self)
         txn.clock.unlocked = txn.clock.now()
+        return Later(self._finished(txn, vote_result, finishing))
+
+    async def _finished(
+        self,
+        txn: PendingTransaction,
+        vote_result: VoteResult,
+        finishing: asyncio.Future[bytes],
+    ) -> bytes:
+        hosted = self._hosted
         try:
             tid = await finishing
         except Exception:
@@ -332,11 +365,11 @@ class TransactionCalls(SessionBase):
             raise
         return tid or (committed[0] if committed else storage.lastTransaction())
 
-    async def tpc_abort(self, token: Hashable) -> None:
+    def tpc_abort(self, token: Hashable) -> Later[None] | None:
         txn = self.transaction
         self._async_error = None
         if txn is None or txn.token != token:
-            return
+            return None
         # Counted as ZEO does: an abort the client asks for (or its
         # disconnect causes), not a failed vote, which ends the transaction
         # before the client's tpc_abort comes.
@@ -346,18 +379,24 @@ class TransactionCalls(SessionBase):
             # The vote is still running; it ends the transaction when done.
             txn.state.process(Event.ABORT_REQUESTED)
         elif state is State.VOTED:
-            await self._abort_in_storage()
+            return Later(self._abort_in_storage())
         elif state in (State.BUFFERING, State.AWAITING_LOCK):
             self._end_transaction()
         # FINISHING, ABORTING: the storage thread's work ends it.
+        return None
 
-    async def _abort_in_storage(self) -> None:
+    def _abort_in_storage(self) -> Coroutine[Any, Any, None]:
+        """Abort in the storage thread: the state changes now, the
+        transaction ends when the abort is done (await the result)."""
         txn = self.transaction
         if txn is None:
-            return
+            return _nothing()
         txn.state.process(Event.ABORT)
+        return self._end_when(self._hosted.submit(self.storage.tpc_abort, txn.metadata))
+
+    async def _end_when(self, work: asyncio.Future[Any]) -> None:
         try:
-            await self._hosted.in_worker(self.storage.tpc_abort, txn.metadata)
+            await work
         finally:
             self._end_transaction()
 
@@ -401,3 +440,12 @@ class TransactionCalls(SessionBase):
             "waiting_for_lock": lock is not None and lock.is_waiting(self),
             "holds_lock": lock is not None and lock.holder is self,
         }
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _raise_after(work: Coroutine[Any, Any, None], error: Exception) -> NoReturn:
+    await work
+    raise error
