@@ -38,6 +38,8 @@ ENCODINGS = (MSGPACK, PICKLE)
 
 _EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+#: Memo indexes up to this are taken whatever the message's length.
+MEMO_INDEX_FLOOR = 1 << 16
 #: Protocol 5's buffer opcodes: no ZEO client sends them (ZEO 5 pickles with
 #: protocol 3), and a malformed use can leave a bytearray freed while a
 #: view of it is still exported.
@@ -47,10 +49,11 @@ _BUFFER_OPCODES = frozenset({"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"})
 def _check_opcodes(payload: bytes) -> None:
     """Refuse what the C unpickler would act on before any check of ours.
 
-    - A memo index beyond the message's own length: the unpickler grows its
-      memo to twice the index at once, so 13 bytes could ask for gigabytes.
-      A real pickle numbers its memo entries from 0, one per object, and
-      has fewer objects than bytes.
+    - A memo index beyond the message's own length (and beyond
+      ``MEMO_INDEX_FLOOR``, which costs at most a megabyte): the unpickler
+      grows its memo to twice the index at once, so 13 bytes could ask for
+      gigabytes.  A real pickle numbers its memo entries from 0, one per
+      object, and has fewer objects than bytes.
     - copyreg extension codes, while any are registered: the unpickler
       resolves one it has seen before from ``copyreg._extension_cache``
       without asking ``find_class``.
@@ -59,12 +62,12 @@ def _check_opcodes(payload: bytes) -> None:
     import pickletools  # a quarter megabyte of tables, only for pickle
 
     extensions = bool(copyreg._inverted_registry)  # type: ignore[attr-defined]
-    limit = len(payload)
+    limit = max(len(payload), MEMO_INDEX_FLOOR)
     for opcode, argument, _ in pickletools.genops(payload):
         name = opcode.name
         if name in _MEMO_PUTS and isinstance(argument, int) and argument > limit:
             raise pickle.UnpicklingError(
-                f"memo index {argument} is beyond the {limit}-byte message"
+                f"memo index {argument} is beyond the {len(payload)}-byte message"
             )
         if extensions and name in _EXTENSION_OPCODES:
             raise pickle.UnpicklingError("extension codes are not allowed")
