@@ -178,6 +178,24 @@ def test_a_proper_shared_blob_name_is_accepted(server: BlobServer) -> None:
     server.assert_intact()
 
 
+def test_a_shared_blob_file_that_is_not_there_fails_the_vote(
+    server: BlobServer,
+) -> None:
+    """A client that does not share the server's blob directory (but says
+    it does) gets a vote error that says so, and nothing commits."""
+    tids = server.tids()
+    with server.registered() as client:
+        oid = client.result("new_oids", 1)[0]
+        client.call_async("tpc_begin", 1, b"", b"", {})
+        client.call_async("storea", oid, Z64, record("shared"), 1)
+        name = "0123456789ABCDEF.tmp-"
+        client.call_async("storeBlobShared", oid, Z64, record("shared"), name, 1)
+        assert_vote_refused(client, 1, "does the client share this server's blob")
+        assert_unknown_oid(client, oid)
+    assert server.tids() == tids
+    server.assert_intact()
+
+
 # -- streamed uploads out of order ---------------------------------------------
 
 

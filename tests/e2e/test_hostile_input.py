@@ -848,3 +848,28 @@ def test_a_tid_before_the_last_transaction_is_refused(
         assert "is not after the last transaction" in str(event.payload)
         assert_unknown_oid(client, oid)
     server.assert_intact()
+
+
+def test_an_abort_while_the_vote_waits_for_the_lock(
+    server: Server, no_fatal_errors: None
+) -> None:
+    """The vote of a transaction aborted while it waited for the commit lock
+    is answered with a transaction error saying so."""
+    with server.registered() as holder, server.registered() as waiter:
+        _begin_and_store(holder, "holder")
+        assert holder.result("vote", 1) == ()
+        oid = _begin_and_store(waiter, "waiter")
+        vote = waiter.send_call("vote", 1)
+        assert waiter.result("ping") is None  # the vote is waiting
+        abort = waiter.send_call("tpc_abort", 1)
+        answers = {}
+        for _ in range(2):
+            event = waiter.next_event()
+            answers[event.msgid] = event
+        assert isinstance(answers[vote], ErrorReply), answers
+        assert answers[vote].class_name == TRANSACTION_ERROR
+        assert "aborted while its vote waited" in str(answers[vote].payload)
+        assert isinstance(answers[abort], Reply), answers
+        assert holder.result("tpc_abort", 1) is None
+        assert_unknown_oid(waiter, oid)
+    server.assert_intact()

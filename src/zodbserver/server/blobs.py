@@ -73,7 +73,13 @@ def shared_blob_path(storage: ServedStorage, oid: bytes, name: str) -> str:
     ):
         raise StorageTransactionError(f"refused shared blob file name {name!r:.100}")
     directory = blob_storage(storage).fshelper.getPathForOID(oid)
-    return os.path.join(directory, name)
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise StorageTransactionError(
+            f"no blob file {path}: does the client share this server's blob "
+            "directory (shared-blob-dir)?"
+        )
+    return path
 
 
 def remove_quietly(path: str) -> None:

@@ -185,7 +185,17 @@ class TransactionCalls(SessionBase):
         hosted = self._hosted
         state = txn.state
         clock = txn.clock
-        await hosted.commit_lock.acquire(self)
+        try:
+            await hosted.commit_lock.acquire(self)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.transaction is txn or (task is not None and task.cancelling()):
+                raise
+            # Aborted (or disconnected) while it waited: the wait ended.
+            raise StorageTransactionError(
+                "the transaction was aborted while its vote waited for the "
+                "commit lock"
+            ) from None
         if self.transaction is not txn:
             hosted.commit_lock.release(self)
             raise StorageTransactionError("the transaction ended during the vote")
