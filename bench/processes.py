@@ -1,16 +1,18 @@
-"""Child processes: the two servers and the workers, always reaped.
+"""Child processes: the servers, the workers, the scraper, always reaped.
 
 Every child is started through ``Children``, which kills whatever is still
 running when the benchmark ends, fails or is interrupted.  Reading a child's
 output goes through ``Child.expect``, which gives up after a timeout rather
 than blocking on a child that hangs.  Servers listen on 127.0.0.1 on a port
 picked free just before they start, so that both get the same ``zeo.conf``
-shape and are reached the same way.
+shape and are reached the same way.  ``Scraper`` drives a
+``bench.scraper`` child that polls a server's monitor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import selectors
 import socket
@@ -24,6 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+#: Seconds ``Scraper.sync`` waits: a scrape in flight may take two requests'
+#: timeouts (``bench.scraper.REQUEST_TIMEOUT``).
+SYNC_TIMEOUT = 30.0
 
 
 class ChildError(RuntimeError):
@@ -140,11 +145,19 @@ def free_port() -> int:
 
 
 def zeo_conf(
-    path: str, blob_dir: str, port: int, msgpack: bool | None, tls: str | None = None
+    path: str,
+    blob_dir: str,
+    port: int,
+    msgpack: bool | None,
+    tls: str | None = None,
+    monitor_port: int | None = None,
 ) -> str:
     """``tls``: a directory of ``clients.make_certificates`` files: both
-    servers then take the same ``<ssl>`` section."""
+    servers then take the same ``<ssl>`` section.  ``monitor_port``: our
+    server's ``monitor-address`` (ZEO 6 has no monitor)."""
     zeo = [f"  address 127.0.0.1:{port}"]
+    if monitor_port is not None:
+        zeo.append(f"  monitor-address 127.0.0.1:{monitor_port}")
     if msgpack is not None:
         zeo.append(f"  msgpack {str(msgpack).lower()}")
     if tls:
@@ -168,23 +181,28 @@ def start_server(
     work_dir: str,
     msgpack: bool | None = None,
     tls: str | None = None,
+    monitor_port: int | None = None,
+    name: str | None = None,
 ) -> tuple[Child, tuple[str, int]]:
     """Start server ``kind`` (``"zeo"`` or ``"ours"``) on the given storage.
 
     ``msgpack``: the encoding to announce; None leaves each server's default
     (ZEO: pickle, ``Z5``; ours: msgpack, ``M5``).  ``tls``: serve over TLS
     with the certificates in that directory (``zeo_conf``).
+    ``monitor_port``: our server's monitor listens there.  ``name`` (default
+    ``KIND-server``) names its configuration, var directory and log.
     """
     port = free_port()
-    conf = os.path.join(work_dir, f"{kind}-server.conf")
+    name = name or f"{kind}-server"
+    conf = os.path.join(work_dir, f"{name}.conf")
     with open(conf, "w") as file:
-        file.write(zeo_conf(path, blob_dir, port, msgpack, tls))
+        file.write(zeo_conf(path, blob_dir, port, msgpack, tls, monitor_port))
     if kind == "zeo":
         argv = [sys.executable, "-m", "ZEO.runzeo", "-C", conf]
     else:
-        var = os.path.join(work_dir, f"{kind}-server-var")
+        var = os.path.join(work_dir, f"{name}-var")
         argv = [sys.executable, "-m", "zodbserver.cli", "-C", conf, "--var", var, "fg"]
-    child = children.start(argv, f"{kind}-server")
+    child = children.start(argv, name)
     address = ("127.0.0.1", port)
     wait_listening(child, address, START_TIMEOUT)
     return child, address
@@ -202,6 +220,20 @@ def wait_listening(child: Child, address: tuple[str, int], timeout: float) -> No
         time.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process ``pid``'s threads have run, in seconds: the sum
+    of ``/proc/PID/task/*/schedstat`` (nanoseconds, unlike the clock ticks
+    of ``/proc/PID/stat``); a thread that has ended no longer counts."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with (
+            contextlib.suppress(FileNotFoundError, ProcessLookupError),
+            open(f"/proc/{pid}/task/{task}/schedstat") as file,
+        ):
+            total += int(file.read().split()[0])
+    return total / 1e9
+
+
 def resident_kib(pid: int) -> int:
     """VmRSS of process ``pid`` in KiB, from ``/proc/PID/status``."""
     with open(f"/proc/{pid}/status") as file:
@@ -209,3 +241,30 @@ def resident_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise ChildError(f"no VmRSS for pid {pid}")
+
+
+class Scraper:
+    """A ``bench.scraper`` child polling one monitor every ``interval``.
+
+    ``sync`` returns the scrapes reported since the last call (each a dict,
+    ``bench.scraper`` says which keys) and keeps them all in ``scrapes``.
+    """
+
+    def __init__(self, children: Children, base_url: str, interval: float) -> None:
+        self.base_url = base_url
+        self.interval = interval
+        self.scrapes: list[dict[str, Any]] = []
+        argv = [sys.executable, "-m", "bench.scraper", base_url, str(interval)]
+        self._child = children.start(argv, "scraper")
+        self._child.expect("READY", START_TIMEOUT)
+
+    def sync(self) -> list[dict[str, Any]]:
+        self._child.send("SYNC")
+        new = []
+        while (line := self._child.expect("", SYNC_TIMEOUT)) != "SYNCED":
+            kind, _, record = line.partition(" ")
+            if kind != "SCRAPE":
+                raise ChildError(f"scraper: unexpected line {line[:200]!r}")
+            new.append(json.loads(record))
+        self.scrapes.extend(new)
+        return new

@@ -10,6 +10,14 @@ Each round runs every system once, one after the other, so the *paired
 ratio* -- the median over rounds of that round's value over the baseline's
 -- compares measurements taken minutes apart at most.  On a shared machine
 whose speed drifts between rounds it is the steadier of the two figures.
+
+A run with ``--monitor`` also has, for each monitored twin, its ratio to
+the same system without the monitor (``on_off_ratio``, of the medians, and
+``on_off_paired_ratio``, round by round), the scrapes that fell within each
+of its measurements, the server's CPU time per operation on / off
+(``server_cpu_on_off_paired_ratio``), and a summary of every scrape
+(``results["monitor"]``); ``RESULTS.md`` then opens with a "Monitor on /
+off" table.
 """
 
 from __future__ import annotations
@@ -85,6 +93,9 @@ def summarize(
             "extras": extras,
             "errors": errors,
         }
+        for key in ("scrapes", "server_cpu_s", "server_cpu_per_op"):
+            if any(key in m for m in measurements):
+                summary[system][key] = [m.get(key) for m in measurements]
     base = summary.get(baseline, {}).get("median")
     base_runs = summary.get(baseline, {}).get("runs", [])
     for entry in summary.values():
@@ -92,6 +103,25 @@ def summarize(
         entry["ratio"] = median / base if median is not None and base else None
         entry["paired_ratio"] = paired_ratio(entry["runs"], base_runs)
     return summary
+
+
+def add_monitor_ratios(
+    summary: dict[str, dict[str, Any]], pairs: dict[str, str]
+) -> None:
+    """Give each monitored system (a key of ``pairs``) its ratios to the same
+    system without the monitor (``pairs[key]``)."""
+    for key, off_key in pairs.items():
+        on, off = summary[key], summary[off_key]
+        on["monitor_off"] = off_key
+        on["on_off_ratio"] = (
+            on["median"] / off["median"]
+            if on["median"] is not None and off["median"]
+            else None
+        )
+        on["on_off_paired_ratio"] = paired_ratio(on["runs"], off["runs"])
+        on["server_cpu_on_off_paired_ratio"] = paired_ratio(
+            on.get("server_cpu_per_op", []), off.get("server_cpu_per_op", [])
+        )
 
 
 def paired_ratio(
@@ -134,7 +164,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"Ratio = value / value of **{_label(systems, baseline)}** "
         "(below 1 is better for `lower` rows, above 1 for `higher` rows).",
         "",
-        "## Ratios to ZEO client × ZEO server",
+    ]
+    if results.get("monitor"):
+        lines += _monitor_section(results)
+    lines += [
+        f"## Ratios to {_label(systems, baseline)}",
         "",
         "| workload | better | " + " | ".join(s["label"] for s in systems) + " |",
         "|---|---|" + "---|" * len(systems),
@@ -195,6 +229,99 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _monitor_section(results: dict[str, Any]) -> list[str]:
+    """The monitored twins against the same systems without the monitor."""
+    monitor = results["monitor"]
+    systems = results["systems"]
+    interval = monitor["interval_s"]
+    failed = monitor["failed"]
+    lines = [
+        "## Monitor on / off",
+        "",
+        "Each *monitor on* system is the same client against a second server "
+        "of ours, on its own copy of the same data, whose `monitor-address` "
+        f"is set; a separate process GETs its `/metrics` and then its "
+        f"`/status.json` every {interval:g} s for the whole run (Prometheus's "
+        "default interval is 15 s, so the cost is an upper bound).  "
+        f"{monitor['scrapes']} scrapes, "
+        + (f"**{failed} failed**" if failed else "none failed")
+        + f"; a scrape took {_ms_text(monitor['metrics_ms_p50'])} for "
+        f"`/metrics` ({_kib(monitor['metrics_bytes'])}) and "
+        f"{_ms_text(monitor['status_ms_p50'])} for `/status.json` "
+        f"({_kib(monitor['status_bytes'])}), medians (slowest "
+        f"{_ms_text(monitor['metrics_ms_max'])} and "
+        f"{_ms_text(monitor['status_ms_max'])}).  Rounds alternate in "
+        "direction (off then on, on then off).",
+        "",
+        "Ratio = monitor on / monitor off: the ratio of the medians, and the "
+        "paired ratio (the median of each round's ratio, the steadier "
+        "figure).  Cost = the throughput lost (`higher` rows) or the time "
+        "added (`lower` rows) by the monitor, from the paired ratio; "
+        "a negative cost is the monitored server doing better, i.e. noise.  "
+        "Server CPU = the CPU time the server spent per operation (per "
+        "commit, per call; per measurement for a workload that does not "
+        "count them), off and on (medians), and the paired on / off ratio; "
+        "it includes the scrapes that fell within the measurement.  "
+        "Scrapes = how many scrapes overlapped each monitored measurement.",
+        "",
+        "| workload | better | system | off | on | on / off | paired on / off "
+        "| cost | server CPU off, on | paired on / off | scrapes per run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for workload in results["workloads"]:
+        for system in systems:
+            off_key = system.get("monitor_of")
+            if off_key is None:
+                continue
+            on = workload["results"][system["key"]]
+            off = workload["results"][off_key]
+            paired = on.get("on_off_paired_ratio")
+            cost = None
+            if paired is not None:
+                cost = (1 - paired) if workload["better"] == "higher" else paired - 1
+            scrapes = [n for n in on.get("scrapes", []) if n is not None]
+            cells = [
+                workload["name"],
+                workload["better"],
+                _label(systems, off_key),
+                f"{_number(off['median'])} {workload['unit']}",
+                f"{_number(on['median'])} {workload['unit']}",
+                _ratio3(on.get("on_off_ratio")),
+                _ratio3(paired),
+                "failed" if cost is None else f"{cost * 100:+.1f}%",
+                f"{_cpu(off.get('server_cpu_per_op'))}, "
+                f"{_cpu(on.get('server_cpu_per_op'))}",
+                _ratio3(on.get("server_cpu_on_off_paired_ratio")),
+                " ".join(str(n) for n in scrapes) + f" (total {sum(scrapes)})",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _cpu(runs: list[float | None] | None) -> str:
+    """The median CPU time of ``runs`` (seconds), in µs or ms."""
+    values = [value for value in runs or [] if value is not None]
+    if not values:
+        return "?"
+    seconds = statistics.median(values)
+    if seconds < 0.01:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def _ratio3(ratio: float | None) -> str:
+    return "failed" if ratio is None else f"{ratio:.3f}"
+
+
+def _ms_text(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} ms"
+
+
+def _kib(value: float | None) -> str:
+    return "?" if value is None else f"{value / 1024:.1f} KiB"
 
 
 def _ratio_rows(results: dict[str, Any], key: str) -> list[str]:

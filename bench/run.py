@@ -6,6 +6,14 @@ then, workload by workload, measure every system in turn (A B C D E, A B C
 D E, ...) ``--runs`` times; take medians, divide by the ZEO × ZEO median,
 and write ``results.json`` and ``RESULTS.md`` into ``--output``.  Every
 child process is killed at the end, also on failure or Ctrl-C.
+
+``--monitor`` measures what our server's monitor costs: a third server
+(ours, with ``monitor-address``) on its own copy of the seed, scraped by a
+``bench.scraper`` child every ``SCRAPE_INTERVAL`` for the whole run, and a
+twin of each selected system of our server against it.  It runs
+``MONITOR_WORKLOADS`` and ``MONITOR_SYSTEMS`` (and their twins) unless
+``--only`` and ``--systems`` name more; rounds alternate in direction
+(A B, B A, ...) so that neither twin always goes first.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import logging
 import os
 import shlex
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -26,12 +35,18 @@ from typing import Any
 from . import report
 from .clients import TLS_ENVIRONMENT, make_certificates
 from .data import build_seed, copy_seed
-from .processes import Children, start_server
-from .systems import BASELINE, MATRIX, System
+from .processes import Children, Scraper, cpu_seconds, free_port, start_server
+from .systems import BASELINE, MATRIX, MONITORED, MONITORED_LABEL, System
 from .workloads import MB, Context, Settings, Workload, all_workloads
 
 DEFAULT_OUTPUT = str(Path(__file__).resolve().parent / "results")
 COMMIT_WORKERS = 16
+#: ``--monitor`` without ``--only``/``--systems``: the workloads and the
+#: systems (each with its monitored twin) it runs.
+MONITOR_WORKLOADS = ("commits_1", "load_before")
+MONITOR_SYSTEMS = ("ours-ours",)
+#: Seconds between two scrapes of the monitor (Prometheus's default: 15).
+SCRAPE_INTERVAL = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +94,30 @@ def build_parser() -> argparse.ArgumentParser:
         "client with a client certificate",
     )
     parser.add_argument(
+        "--systems",
+        default=None,
+        help="comma-separated system keys to run, of "
+        + ", ".join(key for key, *_ in MATRIX)
+        + " (default: all; with --monitor, "
+        + ", ".join(MONITOR_SYSTEMS)
+        + " and those named here)",
+    )
+    parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="add a twin of each system of our server whose server has a "
+        "monitor, scraped every --scrape-interval; run "
+        + " and ".join(MONITOR_WORKLOADS)
+        + " (and --only's workloads)",
+    )
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=SCRAPE_INTERVAL,
+        help=f"seconds between two scrapes of the monitor (default "
+        f"{SCRAPE_INTERVAL:g}; Prometheus's is 15)",
+    )
+    parser.add_argument(
         "--list", action="store_true", help="list the workloads and exit"
     )
     return parser
@@ -106,21 +145,42 @@ def choose(
     workloads: list[Workload], args: argparse.Namespace
 ) -> tuple[list[Workload], list[str]]:
     names = [w.name for w in workloads]
-    if args.only:
-        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
-        unknown = sorted(set(wanted) - set(names))
-        if unknown:
-            raise SystemExit(f"unknown workload(s): {', '.join(unknown)}")
-    chosen, skipped = [], []
+    wanted = _names(args.only)
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise SystemExit(f"unknown workload(s): {', '.join(unknown)}")
+    if args.monitor:
+        wanted = [*MONITOR_WORKLOADS, *wanted]
+    chosen: list[Workload] = []
+    skipped: list[Workload] = []
     for workload in workloads:
-        run = not args.only or workload.name in wanted
-        if not args.only:
+        run = not wanted or workload.name in wanted
+        if not wanted:
             if args.quick and not workload.quick:
                 run = False
             if workload.big and not args.big_blobs:
                 run = False
         (chosen if run else skipped).append(workload)
     return chosen, [w.name for w in skipped]
+
+
+def choose_systems(args: argparse.Namespace) -> list[str]:
+    """The keys of the selected systems, in the matrix's order (twins are
+    added when the systems start)."""
+    keys = [key for key, *_ in MATRIX]
+    wanted = _names(args.systems)
+    unknown = sorted(set(wanted) - set(keys))
+    if unknown:
+        raise SystemExit(
+            f"unknown system(s): {', '.join(unknown)} (known: {', '.join(keys)})"
+        )
+    if args.monitor:
+        wanted = [*MONITOR_SYSTEMS, *wanted]
+    return [key for key in keys if not wanted or key in wanted]
+
+
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -133,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command = shlex.join(["python", "-m", "bench", *argv])
     settings = make_settings(args)
     workloads, skipped = choose(all_workloads(settings), args)
+    system_keys = choose_systems(args)
     if args.list:
         for workload in all_workloads(settings):
             print(f"{workload.name:18} {workload.description}")
@@ -145,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zodbserver-bench-") as temp:
         children = Children(temp)
         try:
-            results = _run(args, settings, workloads, runs, temp, children)
+            results = _run(args, settings, workloads, system_keys, runs, temp, children)
         finally:
             children.close()
     results["skipped"] = skipped
@@ -165,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if failed:
         print(f"failed measurements: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    monitor = results.get("monitor")
+    if monitor and monitor["failed"]:
+        print(f"failed scrapes: {monitor['failed']}", file=sys.stderr)
+    return 1 if failed or (monitor and monitor["failed"]) else 0
 
 
 def _compile_bytecode() -> None:
@@ -189,6 +252,7 @@ def _run(
     args: argparse.Namespace,
     settings: Settings,
     workloads: list[Workload],
+    system_keys: list[str],
     runs: int,
     temp: str,
     children: Children,
@@ -210,16 +274,31 @@ def _run(
     if args.tls:
         tls = make_certificates(os.path.join(temp, "certificates"))
         os.environ[TLS_ENVIRONMENT] = tls  # the clients, workers included
-    systems = _start_systems(seed, temp, children, msgpack, tls)
+    systems, scraper = _start_systems(
+        seed,
+        temp,
+        children,
+        msgpack,
+        tls,
+        system_keys,
+        args.monitor,
+        args.scrape_interval,
+    )
+    baseline = BASELINE if BASELINE in system_keys else systems[0].key
     context = Context(settings, seed, oids, children)
     encodings = _encodings(systems)
+    pairs = {s.key: s.monitor_of for s in systems if s.monitor_of is not None}
     results_by_workload = []
     for workload in workloads:
         measured: dict[str, list[dict[str, Any]]] = {s.key: [] for s in systems}
         for run in range(runs):
-            for system in systems:
-                measured[system.key].append(_measure(workload, system, context, run))
-        summary = report.summarize(measured, BASELINE)
+            order = systems[::-1] if args.monitor and run % 2 else systems
+            for system in order:
+                measured[system.key].append(
+                    _measure(workload, system, context, run, args.monitor)
+                )
+        summary = report.summarize(measured, baseline)
+        report.add_monitor_ratios(summary, pairs)
         results_by_workload.append(
             {
                 "name": workload.name,
@@ -231,9 +310,15 @@ def _run(
         )
     return {
         "command": args.command,
-        "baseline": BASELINE,
+        "baseline": baseline,
         "systems": [
-            {"key": s.key, "label": s.label, "client": s.client, "server": s.server}
+            {
+                "key": s.key,
+                "label": s.label,
+                "client": s.client,
+                "server": s.server,
+                "monitor_of": s.monitor_of,
+            }
             for s in systems
         ],
         "options": {
@@ -246,28 +331,103 @@ def _run(
             "rss_clients": settings.rss_clients,
             "wire": args.wire,
             "tls": args.tls,
+            "monitor": args.monitor,
             "payload_bytes": "~570 per record",
         },
+        "monitor": _scrape_summary(scraper) if scraper is not None else None,
         "encodings": encodings,
         "machine": machine,
         "workloads": results_by_workload,
     }
 
 
+class ScrapeFailedError(RuntimeError):
+    """A scrape of the monitor failed around a measurement."""
+
+
 def _measure(
-    workload: Workload, system: System, context: Context, run: int
+    workload: Workload,
+    system: System,
+    context: Context,
+    run: int,
+    server_cpu: bool = False,
 ) -> dict[str, Any]:
+    """One measurement; with ``server_cpu``, also the CPU time the server
+    spent in it (``server_cpu_s``) and per operation where the workload
+    counts them (``server_cpu_per_op``, else the same as ``server_cpu_s``)."""
+    scraper = system.scraper
+    pid = system.server_pid if server_cpu else None
+    during = None
     try:
+        if scraper is not None:
+            _check_scrapes(scraper.sync(), "before the measurement")
+        cpu = cpu_seconds(pid) if pid is not None else 0.0
+        start = time.monotonic()
         measurement = workload.measure(system, context)
+        end = time.monotonic()
+        if pid is not None:
+            cpu = cpu_seconds(pid) - cpu
+        if scraper is not None:
+            scrapes = scraper.sync()
+            _check_scrapes(scrapes, "during the measurement")
+            during = sum(
+                1 for s in scrapes if s["at"] < end and s["at"] + s["seconds"] > start
+            )
     except Exception as error:
         traceback.print_exc()
         _log(f"{workload.name} run {run + 1} {system.key}: FAILED {error!r}")
         return {"value": None, "extras": {}, "error": repr(error)}
+    scraped = "" if during is None else f" ({during} scrapes)"
     _log(
         f"{workload.name} run {run + 1} {system.key}: {measurement.value:.4g} "
-        f"{ {k: round(v, 4) for k, v in measurement.extras.items()} or '' }"
+        f"{ {k: round(v, 4) for k, v in measurement.extras.items()} or '' }{scraped}"
     )
-    return {"value": measurement.value, "extras": measurement.extras}
+    result: dict[str, Any] = {"value": measurement.value, "extras": measurement.extras}
+    if during is not None:
+        result["scrapes"] = during
+    if pid is not None:
+        result["server_cpu_s"] = cpu
+        operations = measurement.extras.get("operations")
+        result["server_cpu_per_op"] = cpu / operations if operations else cpu
+    return result
+
+
+def _check_scrapes(scrapes: list[dict[str, Any]], when: str) -> None:
+    failed = [s for s in scrapes if s["error"]]
+    if failed:
+        raise ScrapeFailedError(
+            f"{len(failed)} scrape(s) failed {when}: {failed[0]['error']}"
+        )
+
+
+def _scrape_summary(scraper: Scraper) -> dict[str, Any]:
+    """Every scrape of the run: how many, how many failed, how long each took
+    and how much it fetched."""
+    scraper.sync()
+    scrapes = scraper.scrapes
+    good = [s for s in scrapes if not s["error"]]
+
+    def median(key: str) -> float | None:
+        values = [s[key] for s in good]
+        return statistics.median(values) if values else None
+
+    def highest(key: str) -> float | None:
+        return max((s[key] for s in good), default=None)
+
+    return {
+        "url": scraper.base_url,
+        "interval_s": scraper.interval,
+        "paths": ["/metrics", "/status.json"],
+        "scrapes": len(scrapes),
+        "failed": len(scrapes) - len(good),
+        "errors": sorted({s["error"] for s in scrapes if s["error"]})[:10],
+        "metrics_ms_p50": median("metrics_ms"),
+        "metrics_ms_max": highest("metrics_ms"),
+        "status_ms_p50": median("status_ms"),
+        "status_ms_max": highest("status_ms"),
+        "metrics_bytes": median("metrics_bytes"),
+        "status_bytes": median("status_bytes"),
+    }
 
 
 def _object_oids(path: str, blob_dir: str) -> list[bytes]:
@@ -283,27 +443,78 @@ def _object_oids(path: str, blob_dir: str) -> list[bytes]:
 
 
 def _start_systems(
-    seed: Any, temp: str, children: Children, msgpack: bool | None, tls: str | None
-) -> list[System]:
+    seed: Any,
+    temp: str,
+    children: Children,
+    msgpack: bool | None,
+    tls: str | None,
+    keys: list[str],
+    monitor: bool,
+    interval: float,
+) -> tuple[list[System], Scraper | None]:
+    """Start the servers the selected systems need (each on its own copy of
+    the seed) and, with ``monitor``, our monitored server and its scraper;
+    the systems in running order, each twin right after its system."""
+    matrix = [row for row in MATRIX if row[0] in keys]
     servers = {}
     for kind in ("zeo", "ours"):
+        if not any(server == kind for _, _, server, _ in matrix):
+            continue
         path, blob_dir = copy_seed(seed, os.path.join(temp, f"{kind}-server"))
         _log(f"starting the {kind} server")
         child, address = start_server(
             children, kind, path, blob_dir, temp, msgpack, tls
         )
         servers[kind] = (child.pid, address)
-    floor = copy_seed(seed, os.path.join(temp, "filestorage"))
+    scraper = None
+    if monitor:
+        path, blob_dir = copy_seed(seed, os.path.join(temp, "ours-monitor-server"))
+        monitor_port = free_port()
+        _log(f"starting the ours server with a monitor on port {monitor_port}")
+        child, address = start_server(
+            children,
+            "ours",
+            path,
+            blob_dir,
+            temp,
+            msgpack,
+            tls,
+            monitor_port=monitor_port,
+            name="ours-monitor-server",
+        )
+        monitored = (child.pid, address)
+        scraper = Scraper(children, f"http://127.0.0.1:{monitor_port}", interval)
+    floor = None
+    if any(server is None for _, _, server, _ in matrix):
+        floor = copy_seed(seed, os.path.join(temp, "filestorage"))
     systems = []
-    for key, client, server, label in MATRIX:
+    for key, client, server, label in matrix:
         work_dir = os.path.join(temp, "clients", key)
         os.makedirs(work_dir)
         if server is None:
             systems.append(System(key, client, None, label, floor, None, work_dir))
-        else:
-            pid, address = servers[server]
-            systems.append(System(key, client, server, label, address, pid, work_dir))
-    return systems
+            continue
+        pid, address = servers[server]
+        systems.append(System(key, client, server, label, address, pid, work_dir))
+        if scraper is not None and server == "ours":
+            twin = MONITORED.format(key)
+            work_dir = os.path.join(temp, "clients", twin)
+            os.makedirs(work_dir)
+            pid, address = monitored
+            systems.append(
+                System(
+                    twin,
+                    client,
+                    server,
+                    MONITORED_LABEL.format(label),
+                    address,
+                    pid,
+                    work_dir,
+                    scraper=scraper,
+                    monitor_of=key,
+                )
+            )
+    return systems, scraper
 
 
 def _encodings(systems: list[System]) -> dict[str, str]:

@@ -3,6 +3,11 @@
 The matrix is ZEO's client and ours, each against ZEO's server and ours,
 plus ZODB's FileStorage opened in the benchmark process as the floor: what
 the same workload costs with no network and no server at all.
+
+With ``--monitor``, a system of our server has a twin (``KEY+monitor``):
+the same client against a second server of ours, whose ``monitor-address``
+is set and scraped throughout the run, so the two measure the monitor's
+cost and nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import ZODB
 
 from .clients import FILESTORAGE, OURS, ZEO, open_storage
+from .processes import Scraper
 
 #: Objects a connection keeps (ZODB's default, 400, would evict mid-read).
 OBJECT_CACHE_SIZE = 50_000
@@ -30,6 +36,9 @@ MATRIX = (
     ("filestorage", FILESTORAGE, None, "FileStorage in-process (floor)"),
 )
 BASELINE = MATRIX[0][0]
+#: The key of a system's twin whose server runs a monitor.
+MONITORED = "{}+monitor"
+MONITORED_LABEL = "{}, monitor on"
 
 
 @dataclass
@@ -43,6 +52,9 @@ class System:
     #: The server process, whose memory ``server_rss`` reads.
     server_pid: int | None
     work_dir: str
+    #: The twin's scraper, and the key of the same system without a monitor.
+    scraper: Scraper | None = None
+    monitor_of: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
     _serial: Iterator[int] = field(default_factory=itertools.count)
 

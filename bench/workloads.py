@@ -208,7 +208,10 @@ def load_before(system: System, context: Context) -> Measurement:
             assert result is not None, oid
     finally:
         storage.close()
-    return Measurement(len(latencies) / sum(latencies), _percentiles_ms(latencies))
+    return Measurement(
+        len(latencies) / sum(latencies),
+        {**_percentiles_ms(latencies), "operations": len(latencies)},
+    )
 
 
 def restart_read(system: System, context: Context) -> Measurement:
@@ -304,7 +307,10 @@ def commits(clients: int) -> Callable[[System, Context], Measurement]:
             latencies = _thread_commits(system, clients, duration)
         else:
             latencies = _process_commits(system, context, clients, duration)
-        return Measurement(len(latencies) / duration, _percentiles_ms(latencies))
+        return Measurement(
+            len(latencies) / duration,
+            {**_percentiles_ms(latencies), "operations": len(latencies)},
+        )
 
     return measure
 

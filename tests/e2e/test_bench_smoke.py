@@ -3,7 +3,9 @@
 ``python -m bench --quick`` starts ZEO's server and ours as child processes
 and measures every quick workload on the whole matrix; this checks that the
 result files exist and that every workload has a numeric ratio for every
-system.  No timing is asserted: the figures depend on the machine.
+system.  ``--monitor --quick`` adds our server with a monitor, scraped
+while it is measured, against the same server without one.  No timing is
+asserted: the figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -42,21 +44,7 @@ SYSTEMS = {"zeo-zeo", "zeo-ours", "ours-zeo", "ours-ours", "filestorage"}
 @pytest.mark.timeout(120)
 def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
     output = tmp_path / "results"
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _, stderr = bench.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        # SIGTERM lets the benchmark stop its servers and workers.
-        bench.terminate()
-        _, stderr = bench.communicate(timeout=30)
-        pytest.fail(f"the quick benchmark took over {RUN_TIMEOUT}s: {stderr[-3000:]}")
-    assert bench.returncode == 0, stderr[-3000:]
+    _run_bench(["--quick", "--output", str(output)], RUN_TIMEOUT)
 
     results = json.loads((output / "results.json").read_text())
     markdown = (output / "RESULTS.md").read_text()
@@ -79,6 +67,60 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
     assert results["machine"]["packages"]["ZEO"]
     assert "failed" not in markdown
     assert "## Paired ratios" in markdown
+
+
+def _run_bench(arguments: list[str], timeout: float) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench", *arguments],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = bench.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the benchmark stop its servers, workers and scraper.
+        bench.terminate()
+        _, stderr = bench.communicate(timeout=30)
+        pytest.fail(f"the benchmark took over {timeout}s: {stderr[-3000:]}")
+    assert bench.returncode == 0, stderr[-3000:]
+
+
+@pytest.mark.timeout(90)
+def test_quick_monitor_comparison_scrapes_and_writes_on_off_rows(
+    tmp_path: Path,
+) -> None:
+    """``--monitor``: commits_1 and load_before on our client × our server,
+    with and without the monitor; the monitor is scraped and never fails."""
+    output = tmp_path / "results"
+    _run_bench(["--monitor", "--quick", "--output", str(output)], RUN_TIMEOUT)
+
+    results = json.loads((output / "results.json").read_text())
+    markdown = (output / "RESULTS.md").read_text()
+    systems = {system["key"]: system for system in results["systems"]}
+    assert set(systems) == {"ours-ours", "ours-ours+monitor"}
+    assert systems["ours-ours+monitor"]["monitor_of"] == "ours-ours"
+    assert results["baseline"] == "ours-ours"
+    rows = {workload["name"]: workload for workload in results["workloads"]}
+    assert set(rows) == {"commits_1", "load_before"}
+    for name, row in rows.items():
+        on = row["results"]["ours-ours+monitor"]
+        for ratio in (on["on_off_ratio"], on["on_off_paired_ratio"]):
+            assert isinstance(ratio, float), (name, on)
+            assert math.isfinite(ratio), (name, on)
+            assert ratio > 0, (name, on)
+        assert on["monitor_off"] == "ours-ours"
+        assert len(on["scrapes"]) == 1, (name, on)
+        assert f"| {name} | higher | our client × our server |" in markdown
+    monitor = results["monitor"]
+    assert monitor["scrapes"] >= 1, monitor
+    assert monitor["failed"] == 0, monitor
+    assert monitor["metrics_bytes"] > 0, monitor
+    assert monitor["status_bytes"] > 0, monitor
+    assert "## Monitor on / off" in markdown
+    assert "none failed" in markdown
+    assert "failed" not in markdown.replace("none failed", "")
 
 
 @pytest.mark.timeout(300)
