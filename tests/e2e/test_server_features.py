@@ -173,3 +173,33 @@ def test_ping_is_a_sync_barrier_for_invalidations(data_fs: str, msgpack: bool) -
         finally:
             writer.close()
             reader.close()
+
+
+def test_an_iterator_begun_before_a_pack_fails_clearly(data_fs: str) -> None:
+    """A pack replaces the file an iterator reads: the iterator's next step
+    says so (a copy made through it must not end early, or read the wrong
+    bytes); a new iterator works."""
+    import time
+
+    from support.raw_client import RawClient
+    from zodbserver.protocol import ErrorReply
+
+    db = ZODB.DB(FileStorage(data_fs))
+    for value in range(3):
+        with db.transaction() as connection:
+            connection.root()["x"] = value
+    db.close()
+    with (
+        ServerThread({"1": FileStorage(data_fs)}) as address,
+        RawClient(address) as client,
+    ):
+        client.result("register", "1", False)
+        iid = client.result("iterator_start", None, None)
+        assert client.result("iterator_next", iid) is not None
+        assert client.result("pack", time.time()) is None
+        event = client.call("iterator_next", iid)
+        assert isinstance(event, ErrorReply), event
+        assert event.class_name == "ZODB.POSException.StorageError"
+        assert "packed since it began" in str(event.payload)
+        fresh = client.result("iterator_start", None, None)
+        assert client.result("iterator_next", fresh) is not None

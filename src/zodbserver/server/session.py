@@ -199,6 +199,7 @@ class Session(TransactionCalls):
     async def _pack(self, t: float) -> None:
         hosted = self._hosted
         logger.info("%s: pack(t=%r) started", self.peer.label, t)
+        hosted.packs += 1
         await self.server.tasks.run_in_thread(_pack, self.storage, t)
         logger.info("%s: pack(t=%r) complete", self.peer.label, t)
         hosted.broadcast_info()
@@ -221,7 +222,10 @@ class Session(TransactionCalls):
 
     def iterator_start(self, start: bytes | None, stop: bytes | None) -> int:
         iid = next(self._iterator_ids)
-        self._iterators[iid] = iter(self.storage.iterator(start, stop))
+        self._iterators[iid] = (
+            iter(self.storage.iterator(start, stop)),
+            self._hosted.packs,
+        )
         return iid
 
     async def iterator_next(self, iid: int) -> TransactionHeader | None:
@@ -243,7 +247,8 @@ class Session(TransactionCalls):
         if info.tid != tid:
             raise ValueError(f"no current transaction {tid!r} in iterator {txn_iid}")
         iid = next(self._iterator_ids)
-        self._iterators[iid] = iter(info)
+        begun = self._iterators.get(txn_iid, (None, self._hosted.packs))[1]
+        self._iterators[iid] = (iter(info), begun)
         return iid
 
     async def iterator_record_next(self, iid: int) -> RecordHeader | None:
@@ -262,11 +267,19 @@ class Session(TransactionCalls):
 
     def _iterator(self, iid: int) -> Iterator[Any]:
         """The iterator ``iid``; KeyError, as with ZEO, once it is exhausted
-        or collected (ZEO's client relies on that exception)."""
-        return self._iterators[iid]
+        or collected (ZEO's client relies on that exception).  One begun
+        before a pack fails: the file it reads has been replaced."""
+        iterator, packs = self._iterators[iid]
+        if packs != self._hosted.packs:
+            self._forget_iterator(iid)
+            raise StorageError(
+                f"iterator {iid} cannot go on: the storage was packed since it "
+                "began; start again"
+            )
+        return iterator
 
     def _forget_iterator(self, iid: int) -> None:
-        iterator = self._iterators.pop(iid, None)
+        iterator, _ = self._iterators.pop(iid, (None, 0))
         self._last_transaction_info.pop(iid, None)
         close = getattr(iterator, "close", None)
         if close is not None:

@@ -57,7 +57,8 @@ class SessionBase:
         self._vote_result: VoteResult | None = None
         self._async_error: Exception | None = None
         self._upload: BlobUpload | None = None
-        self._iterators: dict[int, Iterator[Any]] = {}
+        #: Open iterators, each with the storage's pack count when it began.
+        self._iterators: dict[int, tuple[Iterator[Any], int]] = {}
         self._last_transaction_info: dict[int, TransactionRecord] = {}
         self._iterator_ids = itertools.count(1)
         self.connected_at = time.time()

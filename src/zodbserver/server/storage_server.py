@@ -118,6 +118,8 @@ class HostedStorage:
         self.running: set[asyncio.Future[Any]] = set()
         #: Finishes among them: a load may wait for one (``submit_finish``).
         self.finishing = 0
+        #: Packs begun: an iterator begun before one cannot go on.
+        self.packs = 0
         if settings.client_conflict_resolution:
             storage.tryToResolveConflict = _refuse_conflict_resolution
 
