@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +48,17 @@ from typing import Any
 
 from zodbserver.units import parse_byte_size
 
+ROOT = Path(__file__).resolve().parent.parent
+# The server process is the test suite's, in tests/support, as pytest finds
+# it (pythonpath = ["tests"]).
+for _path in (ROOT, ROOT / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from bench.report import machine  # noqa: E402
+
+from support.server_processes import ServerProcess  # noqa: E402
+
 OURS = "ours"
 ZEO = "zeo"
 KINDS = (OURS, ZEO)
@@ -58,91 +66,9 @@ MB = 1024 * 1024
 #: Distinct random blocks the objects' data is cut from (each object gets
 #: its own number in front, so no two are alike).
 POOL = 16
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 60.0
 #: Seconds a vote or finish may take.
 CALL_TIMEOUT = 3600.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """A server process of ``kind`` over ``directory/Data.fs``."""
-
-    def __init__(self, kind: str, directory: Path, zeo_lines: Sequence[str]) -> None:
-        self.kind = kind
-        self.directory = directory
-        self.address = ("127.0.0.1", free_port())
-        self.zeo_lines = zeo_lines
-        self.log_path = directory / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def argv(self) -> list[str]:
-        conf = self.directory / "server.conf"
-        zeo = "".join(f"  {line}\n" for line in self.zeo_lines)
-        conf.write_text(
-            f"<zeo>\n  address {self.address[0]}:{self.address[1]}\n{zeo}</zeo>\n"
-            f"<filestorage 1>\n  path {self.directory / 'Data.fs'}\n</filestorage>\n"
-        )
-        if self.kind == ZEO:
-            return [sys.executable, "-m", "ZEO.runzeo", "-C", str(conf)]
-        var = str(self.directory / "var")
-        command = [sys.executable, "-m", "zodbserver.cli", "-C", str(conf)]
-        return [*command, "--var", var, "fg"]
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the {self.kind} server exited: {self.log()}")
-            try:
-                with socket.create_connection(self.address, timeout=1.0):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the {self.kind} server does not listen: {self.log()}"
-                    ) from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def memory(self, field: str) -> int:
-        """``field`` (``VmHWM``, ``VmRSS``) of the server process, in bytes."""
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no {field} for process {self.pid}")
 
 
 @dataclass
@@ -186,26 +112,23 @@ def commit(client: Any, objects: int, pool: list[bytes]) -> tuple[float, ...]:
 def measure(kind: str, directory: Path, options: Options, pool: list[bytes]) -> Sample:
     from ZEO.ClientStorage import ClientStorage
 
-    zeo_lines = []
+    zeo_lines: tuple[str, ...] = ()
     if kind == OURS and options.threshold is not None:
-        zeo_lines.append(f"transaction-spool-threshold {options.threshold}")
-    server = Server(kind, directory, zeo_lines)
-    server.start()
-    try:
+        zeo_lines = (f"transaction-spool-threshold {options.threshold}",)
+    with ServerProcess(kind, directory, zeo_lines=zeo_lines) as server:
+        server.start()
         client = ClientStorage(
             server.address, wait_timeout=CONNECT_TIMEOUT, cache_size=MB
         )
         try:
             client._server.timeout = CALL_TIMEOUT  # votes of minutes
             commit(client, 2, pool)
-            peak_before = server.memory("VmHWM")
+            peak_before = server.proc_status("VmHWM") * 1024
             stores, vote, finish = commit(client, options.objects, pool)
-            peak_after = server.memory("VmHWM")
-            resident_after = server.memory("VmRSS")
+            peak_after = server.proc_status("VmHWM") * 1024
+            resident_after = server.proc_status("VmRSS") * 1024
         finally:
             client.close()
-    finally:
-        server.stop()
     return Sample(
         kind,
         options.objects,
@@ -276,29 +199,20 @@ def parse(argv: Sequence[str] | None) -> Options:
     )
 
 
-def machine() -> list[str]:
-    memory = "?"
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / MB:.1f} GiB"
-    return [
-        f"processors: {os.cpu_count()}, memory: {memory}",
-        f"Python {platform.python_version()}, kernel {platform.release()}",
-    ]
-
-
 def load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def report(samples: list[Sample], options: Options, before: str, after: str) -> str:
+    details = machine()
     lines = [
         f"One transaction of {options.objects} objects of "
         f"{options.object_size / MB:g} MB "
         f"(our spool threshold: {options.threshold or 'default'})",
         "",
-        *machine(),
+        f"processors: {details['cores']} ({details['cpu_model']}), "
+        f"memory: {details['ram_gib']} GiB",
+        f"{details['python']}, {details['os']}",
         f"load average (1, 5, 15 min): before {before}, after {after}",
         "",
         "| server | commit s | stores s | vote s | finish s "

@@ -134,7 +134,6 @@ import queue
 import random
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -160,6 +159,17 @@ from zodbserver.protocol import (
     encode_frame,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+# The server process is the test suite's, in tests/support, as pytest finds
+# it (pythonpath = ["tests"]).
+for _path in (ROOT, ROOT / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from bench.report import machine  # noqa: E402
+
+from support.server_processes import ServerProcess  # noqa: E402
+
 Z64 = b"\0" * 8
 MAXTID = b"\x7f" + b"\xff" * 7
 STORAGE = "1"
@@ -169,8 +179,6 @@ MAX_FRAME_SIZE = 1024 * 1024
 STATUS_PROBE = b"ruok"
 #: Seconds to wait for the server to close a connection it must close.
 CLOSE_TIMEOUT = 20.0
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 60.0
 #: Descriptions of the fuzzers' transactions start with this.
 FUZZ_MARK = b"fuzz"
 FUZZ_USER = b"fuzzer"
@@ -2777,114 +2785,16 @@ def _copy_message(message: Any) -> Any:
 # -- the server -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class FuzzServer:
-    """Our server as a child process over ``directory/Data.fs`` and blobs."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.path = directory / "Data.fs"
-        self.blob_dir = directory / "blobs"
-        self.log_path = directory / "server.log"
-        self.address = ("127.0.0.1", free_port())
-        self.process: subprocess.Popen[bytes] | None = None
-        self.exit_status: int | None = None
-        self.stop_seconds: float | None = None
-
-    def argv(self) -> list[str]:
-        conf = self.directory / "server.conf"
-        conf.write_text(
-            "<zeo>\n"
-            f"  address {self.address[0]}:{self.address[1]}\n"
-            f"  max-frame-size {MAX_FRAME_SIZE // 1024}KB\n"
-            "</zeo>\n"
-            "<filestorage 1>\n"
-            f"  path {self.path}\n"
-            f"  blob-dir {self.blob_dir}\n"
-            "</filestorage>\n"
-        )
-        return [
-            sys.executable,
-            "-m",
-            "zodbserver.cli",
-            "-C",
-            str(conf),
-            "--var",
-            str(self.directory / "var"),
-            "fg",
-        ]
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log_tail()}")
-            try:
-                with socket.create_connection(self.address, timeout=1.0):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the server does not listen: {self.log_tail()}"
-                    ) from None
-                time.sleep(0.05)
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> int | None:
-        process = self.process
-        if process is None:
-            return self.exit_status
-        if process.poll() is None:
-            started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT)
-            self.stop_seconds = time.monotonic() - started
-        self.exit_status = process.returncode
-        self.process = None
-        return self.exit_status
-
-    def resources(self) -> dict[str, int]:
-        """RSS and peak RSS (KB), open file descriptors, threads."""
-        figures: dict[str, int] = {}
-        try:
-            with open(f"/proc/{self.pid}/status") as file:
-                for line in file:
-                    key, _, value = line.partition(":")
-                    if key in ("VmRSS", "VmHWM", "Threads"):
-                        figures[key] = int(value.split()[0])
-            figures["fds"] = len(os.listdir(f"/proc/{self.pid}/fd"))
-        except OSError:
-            pass
-        return figures
-
-    def log_tail(self) -> str:
-        try:
-            with open(self.log_path, "rb") as file:
-                file.seek(max(0, self.log_path.stat().st_size - 4000))
-                return file.read().decode(errors="replace")
-        except OSError:
-            return ""
+def resources(server: ServerProcess) -> dict[str, int]:
+    """RSS and peak RSS (KB), open file descriptors, threads: those of them
+    that ``/proc`` has."""
+    figures: dict[str, int] = {}
+    for key in ("VmRSS", "VmHWM", "Threads"):
+        with contextlib.suppress(OSError, LookupError):
+            figures[key] = server.proc_status(key)
+    with contextlib.suppress(OSError):
+        figures["fds"] = server.open_fds()
+    return figures
 
 
 # -- seed and bystander (stock ZEO 6 clients) ---------------------------------------
@@ -3529,28 +3439,6 @@ def _load() -> tuple[float, float, float]:
     return (one, five, fifteen)
 
 
-def machine_details() -> dict[str, Any]:
-    memory = ""
-    with contextlib.suppress(OSError), open("/proc/meminfo") as file:
-        for line in file:
-            if line.startswith("MemTotal"):
-                memory = f"{int(line.split()[1]) // 1024} MiB"
-    cpu = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as file:
-        for line in file:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "memory": memory,
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
-
-
 def _say(options: Options, text: str) -> None:
     if not options.quiet:
         print(text, file=sys.stderr, flush=True)
@@ -3559,11 +3447,16 @@ def _say(options: Options, text: str) -> None:
 def run(options: Options) -> Result:
     """The whole stress run; see the module's docstring."""
     started = time.monotonic()
-    machine = machine_details()
+    details = {**machine(), "platform": platform.platform()}
     loads = [_load()]
     directory = options.directory or Path(tempfile.mkdtemp(prefix="zodbserver-fuzz-"))
     directory.mkdir(parents=True, exist_ok=True)
-    server = FuzzServer(directory)
+    server = ServerProcess(
+        "ours",
+        directory,
+        blobs=True,
+        zeo_lines=(f"max-frame-size {MAX_FRAME_SIZE // 1024}KB",),
+    )
     server.start()
     context = multiprocessing.get_context("spawn")
     bystander_stop: Any
@@ -3615,7 +3508,7 @@ def run(options: Options) -> Result:
             options.hang_timeout,
         )
         time.sleep(0.5)
-        before = server.resources()
+        before = resources(server)
         peak = before.get("VmRSS", 0)
         share, extra = divmod(options.frames, options.connections)
         budgets = [share + (index < extra) for index in range(options.connections)]
@@ -3641,8 +3534,8 @@ def run(options: Options) -> Result:
             def monitor() -> None:
                 nonlocal peak
                 while not monitor_done.wait(2.0):
-                    peak = max(peak, server.resources().get("VmRSS", 0))
-                    if not server.alive:
+                    peak = max(peak, resources(server).get("VmRSS", 0))
+                    if not server.running:
                         stop.set()
 
             watcher = threading.Thread(target=monitor, daemon=True)
@@ -3680,8 +3573,8 @@ def run(options: Options) -> Result:
                     message = out.get(timeout=2.0)
                 except queue.Empty:
                     message = None
-                peak = max(peak, server.resources().get("VmRSS", 0))
-                if not server.alive:
+                peak = max(peak, resources(server).get("VmRSS", 0))
+                if not server.running:
                     stop.set()
                 if message is None:
                     if not any(worker.is_alive() for worker in workers):
@@ -3711,19 +3604,22 @@ def run(options: Options) -> Result:
         status, bystander_result = bystander_out.get(timeout=120)
         bystander_runner.join(60)
         time.sleep(1.0)
-        alive = server.alive
+        alive = server.running
         try:
             alive = alive and ping(server.address)
         except OSError:
             alive = False
-        after = server.resources()
+        after = resources(server)
         data_problems = (
             check_data(server.address, directory, snapshot, bystander_result)
             if alive
             else ["not checked: the server is gone"]
         )
     finally:
+        running = server.running
+        stopping = time.monotonic()
         exit_status = server.stop()
+        stop_seconds = time.monotonic() - stopping if running else None
     tracebacks, levels, log_size, packs = scan_log(server.log_path)
     transaction_problems, transaction_counts = check_transactions(
         server.path, snapshot, set(bystander_result.get("tids", ())), stats, packs
@@ -3749,8 +3645,8 @@ def run(options: Options) -> Result:
         log_size,
         alive,
         exit_status,
-        server.stop_seconds,
-        machine,
+        stop_seconds,
+        details,
         loads,
         doc_table_differences(),
         str(directory),
@@ -3809,15 +3705,15 @@ def report(result: Result) -> str:
         "## Machine",
         "",
     ]
-    machine = result.machine
+    details = result.machine
     loads = result.loads
     load_text = ", ".join(
         f"{one:.1f}" for one, _, _ in loads[:: max(1, len(loads) // 12)]
     )
     lines += [
-        f"- nproc {machine['nproc']}, {machine['cpu']}, RAM {machine['memory']}",
-        f"- kernel {machine['kernel']}, Python {machine['python']} "
-        f"({machine['platform']})",
+        f"- nproc {details['cores']}, {details['cpu_model']}, "
+        f"RAM {details['ram_gib']} GiB",
+        f"- {details['os']}, {details['python']} ({details['platform']})",
         f"- load average (1 min) before {loads[0][0]:.2f}, after {loads[-1][0]:.2f}, "
         f"max {max(load[0] for load in loads):.2f}; samples: {load_text}",
         "- other jobs were running on the machine at the same time",

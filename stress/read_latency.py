@@ -61,7 +61,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +72,14 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+# The server process is the test suite's, in tests/support, as pytest finds
+# it (pythonpath = ["tests"]).
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from support.server_processes import ServerProcess  # noqa: E402
 
 #: Where a PYTHONPATH for the ``ours-old`` server may come from.
 PYTHONPATH_ENVIRONMENT = "ZODBSERVER_OURS_PYTHONPATH"
@@ -147,89 +154,25 @@ def fsync_probe(directory: Path, count: int = 200) -> list[float]:
 # -- the servers ----------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def environment(pythonpath: str | None) -> dict[str, str]:
+    """What a server gets in its environment on top of ours: ``pythonpath``
+    in front of our ``PYTHONPATH``, if given."""
+    if pythonpath is None:
+        return {}
+    paths = [pythonpath, *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
 
 
-class Server:
-    """A server process of one kind over ``directory/Data.fs``."""
-
-    def __init__(self, kind: str, directory: Path, pythonpath: str | None) -> None:
-        self.kind = kind
-        self.directory = directory
-        self.address = ("127.0.0.1", free_port())
-        self.environment = dict(os.environ)
-        if pythonpath is not None:
-            self.environment["PYTHONPATH"] = os.pathsep.join(
-                [pythonpath, *filter(None, [os.environ.get("PYTHONPATH")])]
-            )
-        self.log_path = directory / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def argv(self) -> list[str]:
-        conf = self.directory / "server.conf"
-        conf.write_text(
-            f"<zeo>\n  address {self.address[0]}:{self.address[1]}\n</zeo>\n"
-            f"<filestorage 1>\n  path {self.directory / 'Data.fs'}\n</filestorage>\n"
-        )
-        if self.kind == ZEO:
-            return [sys.executable, "-m", "ZEO.runzeo", "-C", str(conf)]
-        var = str(self.directory / "var")
-        command = [sys.executable, "-m", "zodbserver.cli", "-C", str(conf)]
-        return [*command, "--var", var, "fg"]
-
-    def imported_from(self) -> str:
-        """The file of the server package this kind's process imports."""
-        package = "ZEO" if self.kind == ZEO else "zodbserver"
-        return subprocess.run(
-            [sys.executable, "-c", f"import {package}; print({package}.__file__)"],
-            env=self.environment,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=self.environment,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the {self.kind} server exited: {self.log()}")
-            try:
-                with socket.create_connection(self.address, timeout=1.0):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the {self.kind} server does not listen: {self.log()}"
-                    ) from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
+def imported_from(server: ServerProcess) -> str:
+    """The file of the server package ``server``'s process imports."""
+    package = "ZEO" if server.kind == ZEO else "zodbserver"
+    return subprocess.run(
+        [sys.executable, "-c", f"import {package}; print({package}.__file__)"],
+        env={**os.environ, **server.environment},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 # -- the client processes -------------------------------------------------
@@ -481,10 +424,14 @@ def run(options: Options) -> str:
                 directory.mkdir()
                 shutil.copy(template, directory / "Data.fs")
                 shutil.copy(f"{template}.index", directory / "Data.fs.index")
-                server = Server(kind, directory, pythonpaths[kind])
-                imported.setdefault(kind, server.imported_from())
-                server.start()
-                try:
+                server = ServerProcess(
+                    ZEO if kind == ZEO else OURS,
+                    directory,
+                    environment=environment(pythonpaths[kind]),
+                )
+                imported.setdefault(kind, imported_from(server))
+                with server:
+                    server.start()
                     for condition in CONDITIONS:
                         writers = options.writers if condition == WRITERS else 0
                         sample = measure(
@@ -503,8 +450,6 @@ def run(options: Options) -> str:
                             file=sys.stderr,
                             flush=True,
                         )
-                finally:
-                    server.stop()
                 shutil.rmtree(directory, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -36,17 +36,6 @@ MAXTID = b"\x7f" + b"\xff" * 7
 OBJECT_SIZE = 100_000
 
 
-def status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def commit_big_object(address: object) -> bytes:
     """One object of OBJECT_SIZE random bytes; its oid."""
     db = ZODB.DB(ClientStorage(address, wait_timeout=PROMPTLY))
@@ -81,12 +70,10 @@ def test_a_client_that_does_not_read_cannot_grow_the_server(tmp_path: Path) -> N
         "ours", tmp_path, zeo_lines=("connection-buffer-limit 1MB",)
     ) as server:
         address = server.start()
-        assert server.process is not None
-        pid = server.process.pid
         oid = commit_big_object(address)
         hog = registered(address)
         hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        before = status_kb(pid, "VmRSS")
+        before = server.proc_status("VmRSS")
         # Every call answered would be 2000 * 100 KB = 200 MB of replies.
         batch = b"".join(
             hog.connection.call(msgid, "loadBefore", (oid, MAXTID))
@@ -94,7 +81,7 @@ def test_a_client_that_does_not_read_cannot_grow_the_server(tmp_path: Path) -> N
         )
         hog.sock.sendall(batch)
         time.sleep(1.0)  # the server answers what it read, then stops reading
-        grown_mb = (status_kb(pid, "VmRSS") - before) / 1024
+        grown_mb = (server.proc_status("VmRSS") - before) / 1024
 
         # Meanwhile everyone else is served.
         with registered(address) as bystander:
@@ -221,11 +208,9 @@ def can_register(address: object) -> bool:
 def test_running_out_of_file_descriptors_is_survived(tmp_path: Path) -> None:
     with ServerProcess("ours", tmp_path) as server:
         address = server.start()
-        assert server.process is not None
-        pid = server.process.pid
         with registered(address) as survivor:
-            limit = open_fds(pid) + 20
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
+            limit = server.open_fds() + 20
+            resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (limit, limit))
             extra = []
             try:
                 for _ in range(60):  # more than the server can accept
@@ -252,12 +237,10 @@ def test_running_out_of_file_descriptors_is_survived(tmp_path: Path) -> None:
 def test_a_flood_of_connections_leaves_nothing_behind(tmp_path: Path) -> None:
     with ServerProcess("ours", tmp_path) as server:
         address = server.start()
-        assert server.process is not None
-        pid = server.process.pid
         for _ in range(50):  # warm up: allocations made once
             registered(address).close()
-        fds_before = open_fds(pid)
-        rss_before = status_kb(pid, "VmRSS")
+        fds_before = server.open_fds()
+        rss_before = server.proc_status("VmRSS")
         for round_ in range(1500):
             if round_ % 3 == 0:
                 socket.create_connection(address, timeout=PROMPTLY).close()
@@ -268,8 +251,8 @@ def test_a_flood_of_connections_leaves_nothing_behind(tmp_path: Path) -> None:
                 client.send_call("lastTransaction")
                 client.close()  # without reading the answer
         wait_until(
-            lambda: open_fds(pid) <= fds_before, "the server's descriptors freed"
+            lambda: server.open_fds() <= fds_before, "the server's descriptors freed"
         )
-        rss_growth_mb = (status_kb(pid, "VmRSS") - rss_before) / 1024
+        rss_growth_mb = (server.proc_status("VmRSS") - rss_before) / 1024
         assert rss_growth_mb < 16, f"grew by {rss_growth_mb:.1f} MB"
         assert server.running

@@ -28,14 +28,6 @@ OBJECT_SIZE = MB
 MEMORY_BUDGET = 64 * MB
 
 
-def status_bytes(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} for process {pid}")
-
-
 def commit(client: ClientStorage, objects: int, directory: Path) -> list[bytes]:
     """Commit ``objects`` new objects of random data; their oids.  Checks
     that the transaction spooled."""
@@ -62,14 +54,12 @@ def test_a_200_mb_transaction_grows_the_server_by_little(tmp_path: Path) -> None
     )
     with server:
         server.start()
-        assert server.process is not None
-        pid = server.process.pid
         client = ClientStorage(server.address, wait_timeout=30, cache_size=MB)
         try:
             commit(client, 2, tmp_path)  # warm up: code paths, 1 MB buffers
-            peak_before = status_bytes(pid, "VmHWM")
+            peak_before = server.proc_status("VmHWM") * 1024
             oids = commit(client, OBJECTS, tmp_path)
-            growth = status_bytes(pid, "VmHWM") - peak_before
+            growth = server.proc_status("VmHWM") * 1024 - peak_before
             assert list(tmp_path.glob(".zodbserver-txn-*")) == []
             last = oids[-1]
             assert len(client.load(last)[0]) == OBJECT_SIZE

@@ -3,7 +3,8 @@
 A ``ServerProcess`` keeps its address across restarts, so clients that were
 connected before a ``kill`` (SIGKILL: no shutdown code runs) find the server
 again when it is started anew on the same files, exactly as they would after
-a crash and a restart by a service manager.
+a crash and a restart by a service manager.  The stress commands in
+``stress/`` run their servers with it too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from ZEO.ClientStorage import ClientStorage
@@ -45,10 +47,14 @@ class ServerProcess:
         *,
         blobs: bool = False,
         zeo_lines: tuple[str, ...] = (),
+        environment: Mapping[str, str] | None = None,
     ) -> None:
-        """``zeo_lines`` go into the ``<zeo>`` section (``<ssl>``, say)."""
+        """``zeo_lines`` go into the ``<zeo>`` section (``<ssl>``, say);
+        ``environment`` holds variables the child gets on top of ours (a
+        ``PYTHONPATH`` for another version of the server, say)."""
         assert kind in KINDS, kind
         self.zeo_lines = zeo_lines
+        self.environment = dict(environment or {})
         self.kind = kind
         self.directory = directory
         self.path = directory / "Data.fs"
@@ -80,6 +86,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                env={**os.environ, **self.environment},
             )
         self.starts += 1
         wait_until(
@@ -100,6 +107,25 @@ class ServerProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    def proc_status(self, field: str) -> int:
+        """The number on the ``field:`` line of ``/proc/PID/status``: kB for
+        ``VmRSS`` and ``VmHWM``, a count for ``Threads``.  ``LookupError``
+        if there is none (a zombie has no ``Vm`` lines)."""
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+        raise LookupError(f"no {field} in /proc/{self.pid}/status")
+
+    def open_fds(self) -> int:
+        """How many file descriptors the server has open."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def kill(self) -> None:
         """SIGKILL the server and reap it."""
