@@ -79,7 +79,7 @@ def test_reads_wait_in_a_thread_while_the_loop_serves_others(
         finish.start()
         assert storage.syncing.wait(PROMPTLY)
 
-        # The read waits for the finish (in a worker thread) ...
+        # The read waits for the finish ...
         read = reader.send_call("loadBefore", b"\0" * 8, MAXTID)
         time.sleep(0.2)
         # ... while the loop answers everyone else at once.

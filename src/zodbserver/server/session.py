@@ -8,6 +8,7 @@ undo logs, and what happens when the connection ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -123,7 +124,9 @@ class Session(TransactionCalls):
     # and its finish holds its files as well, across the fsync (which
     # ``loadBefore`` waits for).  The loop must not wait for them, so such a
     # read goes to a worker thread and is answered when done (``Later``).
-    # ``loadBefore``, by far the most frequent, hops only during a finish.
+    # ``loadBefore``, by far the most frequent, waits for nothing but a
+    # finish, and waits for it without a thread: it is read on the loop
+    # once the finish is done.
 
     def _read(self, function: Callable[..., T], *args: Any) -> T | Later[T]:
         if self._hosted.running:
@@ -135,26 +138,23 @@ class Session(TransactionCalls):
         hosted.stats.loads += 1
         self.loads += 1
         if hosted.finishing:
-            return Later(self._load_settled(oid, before))
+            return Later(self._load_after_finish(oid, before))
         return hosted.storage.loadBefore(oid, before)
 
-    async def _load_settled(self, oid: bytes, before: bytes) -> LoadResult:
-        """``loadBefore`` in a worker thread, read again if a commit was
-        published meanwhile.  A ZEO client caches a record as current when
-        its answer says so and no invalidation of the object came before
-        it; an answer read before a commit and sent after that commit's
-        invalidations would make it cache stale data for good.  On the
-        loop the question does not arise: it reads and answers at once."""
+    async def _load_after_finish(self, oid: bytes, before: bytes) -> LoadResult:
+        """``loadBefore`` on the loop once the finish under way is done.
+
+        The wait is the rest of one fsync, and costs the loop nothing: it
+        serves others meanwhile.  Reading on the loop, and answering at
+        once, also keeps the answers in order with the invalidations: a ZEO
+        client caches a record as current when its answer says so and no
+        invalidation of the object came before it, so an answer read before
+        a commit must not follow that commit's invalidation.
+        """
         hosted = self._hosted
-        storage = hosted.storage
         while hosted.finishing:
-            published = hosted.last_tid
-            result = await self.server.tasks.run_in_thread(
-                storage.loadBefore, oid, before
-            )
-            if hosted.last_tid == published:
-                return result
-        return storage.loadBefore(oid, before)
+            await asyncio.wait(list(hosted.finishing))
+        return hosted.storage.loadBefore(oid, before)
 
     def loadSerial(self, oid: bytes, serial: bytes) -> bytes | Later[bytes]:
         return self._read(self.storage.loadSerial, oid, serial)

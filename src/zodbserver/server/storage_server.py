@@ -117,7 +117,7 @@ class HostedStorage:
         #: Storage calls running in the worker thread (shutdown waits for them).
         self.running: set[asyncio.Future[Any]] = set()
         #: Finishes among them: a load may wait for one (``submit_finish``).
-        self.finishing = 0
+        self.finishing: set[asyncio.Future[Any]] = set()
         #: Packs begun: an iterator begun before one cannot go on.
         self.packs = 0
         if settings.client_conflict_resolution:
@@ -143,16 +143,13 @@ class HostedStorage:
     def submit_finish(
         self, function: Callable[..., T], *args: Any
     ) -> asyncio.Future[T]:
-        """``submit`` a finish, counted in ``finishing`` until it is done:
+        """``submit`` a finish, kept in ``finishing`` until it is done:
         FileStorage's finish keeps loads waiting across its fsync, which
         votes and aborts do not."""
         future = self.submit(function, *args)
-        self.finishing += 1
-        future.add_done_callback(self._finished)
+        self.finishing.add(future)
+        future.add_done_callback(self.finishing.discard)
         return future
-
-    def _finished(self, future: asyncio.Future[Any]) -> None:
-        self.finishing -= 1
 
     async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         """Run a storage call in this storage's transaction thread."""
