@@ -16,7 +16,12 @@ from ZODB.utils import maxtid, p64
 from zodbserver.protocol import ClientConnection, ErrorReply, Reply
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.storage_server import StorageServer
-from zodbserver.server.transport import FLUSH_BYTES, FLUSH_WRITES, ServerProtocol
+from zodbserver.server.transport import (
+    FLUSH_BYTES,
+    FLUSH_WRITES,
+    HARD_LIMIT_FACTOR,
+    ServerProtocol,
+)
 
 
 class FakeTransport:
@@ -58,6 +63,9 @@ class FakeTransport:
         if self.paused and self.protocol:
             self.paused = False
             self.protocol.resume_writing()
+
+    def abort(self) -> None:
+        self.closed = True
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -158,3 +166,41 @@ def test_calls_past_the_buffer_limit_wait_until_it_drains() -> None:
     assert replies == list(range(1, calls + 2))  # all answered, in order
     # At most a batch of replies past the limit (FLUSH_BYTES, one reply).
     assert transport.most_buffered <= limit + FLUSH_BYTES + 2 * len(OBJECT)
+
+
+def test_a_client_that_reads_nothing_while_invalidations_pile_up_is_closed() -> None:
+    """Reading stops at the buffer limit, but invalidations of others'
+    commits keep coming: past HARD_LIMIT_FACTOR times the limit the client
+    is closed, so they cannot grow the server without bound."""
+
+    async def scenario() -> tuple[FakeTransport, StorageServer, int]:
+        limit = 64 * 1024
+        server = StorageServer(
+            {"1": MappingStorage()}, ServerSettings(connection_buffer_limit=limit)
+        )
+        server.attach(asyncio.get_running_loop())
+        protocol = ServerProtocol(server, set())
+        transport = FakeTransport()
+        transport.protocol = protocol
+        protocol.connection_made(transport)
+        client = ClientConnection()
+        (greeting,) = transport.writes.pop()
+        client.receive_data(greeting)
+        protocol.data_received(
+            client.handshake() + client.call(1, "register", ("1", True))
+        )
+        oids = [p64(n) for n in range(1000)]  # about 9 KB an invalidation
+        sent = 0
+        while not transport.closed and sent < 1000:
+            sent += 1
+            protocol.session.invalidate(p64(10**6 + sent), oids)
+            await asyncio.sleep(0)  # the batch is flushed
+        protocol.connection_lost(None)
+        return transport, server, limit
+
+    transport, server, limit = asyncio.run(scenario())
+    assert transport.closed
+    assert transport.paused
+    assert limit * HARD_LIMIT_FACTOR < transport.most_buffered
+    assert transport.most_buffered < limit * HARD_LIMIT_FACTOR + 64 * 1024
+    assert server.traffic.closed["slow_client"] == 1

@@ -51,6 +51,10 @@ logger = logging.getLogger(__name__)
 FLUSH_WRITES = 64
 FLUSH_BYTES = 256 * 1024
 
+#: A client whose unsent replies grow past this many times its buffer limit
+#: while it reads nothing (invalidations keep coming) is closed at once.
+HARD_LIMIT_FACTOR = 4
+
 #: How a TLS client's first bytes begin: a handshake record, TLS 1.x.  No
 #: ZEO frame starts so: its length prefix would be over 369 MB.
 TLS_HANDSHAKE = b"\x16\x03"
@@ -218,14 +222,20 @@ class ServerProtocol(asyncio.Protocol):
 
     def _too_slow(self) -> None:
         self._slow_timer = None
+        self._drop_slow_client(
+            f"has not read its replies for "
+            f"{self.server.settings.slow_client_timeout:g} s"
+        )
+
+    def _drop_slow_client(self, why: str) -> None:
         transport = self._transport
         if transport is None or self.closed:
             return
         self._traffic.closed[Closure.SLOW_CLIENT] += 1
         logger.warning(
-            "%s: has not read its replies for %g s (%d bytes unsent); closing",
+            "%s: %s (%d bytes unsent); closing",
             self.label,
-            self.server.settings.slow_client_timeout,
+            why,
             transport.get_write_buffer_size(),
         )
         self.closed = True
@@ -291,8 +301,15 @@ class ServerProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
         self._batch_bytes = 0
-        if batch and self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(batch)
+        transport = self._transport
+        if batch and transport is not None and not transport.is_closing():
+            transport.writelines(batch)
+            if not self._writable.is_set():
+                limit = HARD_LIMIT_FACTOR * self.server.settings.connection_buffer_limit
+                if transport.get_write_buffer_size() > limit:
+                    self._drop_slow_client(
+                        f"reads nothing while its unsent replies passed {limit} bytes"
+                    )
 
     # -- dispatch -------------------------------------------------------------
 
