@@ -193,8 +193,7 @@ class TransactionCalls(SessionBase):
                 raise
             # Aborted (or disconnected) while it waited: the wait ended.
             raise StorageTransactionError(
-                "the transaction was aborted while its vote waited for the "
-                "commit lock"
+                "the transaction was aborted while its vote waited for the commit lock"
             ) from None
         if self.transaction is not txn:
             hosted.commit_lock.release(self)

@@ -51,8 +51,8 @@ logger = logging.getLogger(__name__)
 FLUSH_WRITES = 64
 FLUSH_BYTES = 256 * 1024
 
-#: A client whose unsent replies grow past this many times its buffer limit
-#: while it reads nothing (invalidations keep coming) is closed at once.
+#: A client to which this many times its buffer limit is written while its
+#: reading is paused (invalidations keep coming) is closed at once.
 HARD_LIMIT_FACTOR = 4
 
 #: How a TLS client's first bytes begin: a handshake record, TLS 1.x.  No
@@ -90,6 +90,8 @@ class ServerProtocol(asyncio.Protocol):
         #: send-buffer limit (a client that does not read its replies).
         self._register_timer: asyncio.TimerHandle | None = None
         self._slow_timer: asyncio.TimerHandle | None = None
+        #: Bytes written since the send buffer passed its limit.
+        self._written_while_paused = 0
         self._loop = asyncio.get_running_loop()
         self.closed = False
         #: Done once ``connection_lost`` has run.
@@ -199,6 +201,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writable.clear()
+        self._written_while_paused = 0
         if self._transport is not None:
             self._transport.pause_reading()
         self._slow_timer = self._loop.call_later(
@@ -304,18 +307,20 @@ class ServerProtocol(asyncio.Protocol):
         transport = self._transport
         if batch and transport is not None and not transport.is_closing():
             transport.writelines(batch)
-            if not self._writable.is_set():
-                limit = HARD_LIMIT_FACTOR * self.server.settings.connection_buffer_limit
-                if transport.get_write_buffer_size() > limit:
-                    self._drop_slow_client(
-                        f"reads nothing while its unsent replies passed {limit} bytes"
-                    )
+            limit = HARD_LIMIT_FACTOR * self.server.settings.connection_buffer_limit
+            if self._written_while_paused > limit:
+                self._drop_slow_client(
+                    f"reads nothing while {self._written_while_paused} bytes more "
+                    f"were sent to it (over {limit})"
+                )
 
     # -- dispatch -------------------------------------------------------------
 
     def _write(self, data: bytes | bytearray) -> None:
         self._traffic.sent_bytes += len(data)
         self._batch_bytes += len(data)
+        if not self._writable.is_set():
+            self._written_while_paused += len(data)
         if self._batch is not None:
             self._batch.append(data)
         elif self._transport is not None and not self._transport.is_closing():
