@@ -58,10 +58,17 @@ What it does
    last; every blob revision acknowledged has its content; no voted
    transaction of a killed child is in the file; the transactions in the
    file are the seeding's plus every acknowledged commit, exactly, as the
-   monitor counted them; ``fstest`` passes; FileStorage uses the index the
-   server saved at shutdown (it ignores one that does not match the file).
-   Once the clients have gone, ``/status.json`` shows no client, no
-   transaction and the commit lock free.
+   monitor counted them; ``fstest`` passes; no transaction holds two
+   records of one object but for blobs (known finding S1, below);
+   FileStorage uses the index the server saved at shutdown, unless S1
+   explains why not.  Once the clients have gone, ``/status.json`` shows no
+   client, no transaction and the commit lock free.
+
+Known findings (``KNOWN_FINDINGS``) are counted and reported apart and do
+not fail a run.  S1: every blob revision is stored twice in its transaction
+(the client's ``storea`` and its ``storeBlobEnd`` both reach the storage, as
+with ZEO 6), so a shutdown right after a blob write leaves an index that
+FileStorage ignores at the next open.
 
 "Flat after warm-up": warm-up is the first ``WARMUP`` (20%) of the run.
 After it, resident memory (``VmRSS``) may grow, from the first sample after
@@ -234,6 +241,17 @@ IDLE_FD_SLACK = 2
 READ_POOL = "Data.fs"
 #: Seconds to wait for the server to see every client gone.
 IDLE_TIMEOUT = 60.0
+#: Findings already reported: counted and shown apart, they do not fail a
+#: run (a new finding does).
+KNOWN_FINDINGS = {
+    "S1": "every blob revision is stored twice in its transaction: the "
+    "client's `storea` and its `storeBlobEnd` both reach the storage "
+    "(`store`, then `storeBlob`, which stores again), as with ZEO 6's client "
+    "and server; Data.fs holds two data records of the blob's oid in that "
+    "transaction, and FileStorage ignores the index it saved at a shutdown "
+    "when the last transaction was such a one ('Ignoring index'), reading "
+    "the whole file to rebuild it at the next open",
+}
 #: Errors kept verbatim per operation kind (all are counted).
 ERRORS_KEPT = 20
 MIB = 2**20
@@ -1666,22 +1684,43 @@ def verify(
     # FileStorage's sanity check (else it logs "Ignoring index" and rebuilds
     # it by reading the whole file).
     found["index_used"] = bool(getattr(storage, "_used_index", 0))
-    if not found["index_used"]:
-        problems.append(
-            "FileStorage ignored the index the server saved at shutdown "
-            f"({found['index_size']} bytes): it does not match the file"
-        )
     db = ZODB.DB(storage)
     try:
         tids = []
+        blob_oids = {bytes.fromhex(oid) for oid in layout["blobs"].values()}
+        # Transactions holding two records of one oid: of a blob (S1), of
+        # anything else; and the last transaction's.
+        twice: Counter[str] = Counter()
+        last_twice: set[bytes] = set()
         for record in storage.iterator():
             tids.append(record.tid)
+            seen: set[bytes] = set()
+            last_twice = set()
             for item in record:
+                if item.oid in seen:
+                    last_twice.add(item.oid)
+                seen.add(item.oid)
                 if item.oid in doomed:
                     doomed_found += 1
                 name = by_oid.get(item.oid)
                 if name is not None and item.data is not None:
                     history[name].add(state_of(item.data)["data"]["value"])
+            if last_twice:
+                twice["blob" if last_twice <= blob_oids else "other"] += 1
+        found["blob_records_twice"] = twice["blob"]
+        if twice["other"]:
+            problems.append(
+                f"{twice['other']} transactions hold two records of an object "
+                "that is not a blob"
+            )
+        # FileStorage checks the saved index against the records of the
+        # last transaction, and rejects it when that stored an oid twice.
+        found["index_explained"] = bool(last_twice) and last_twice <= blob_oids
+        if not found["index_used"] and not found["index_explained"]:
+            problems.append(
+                "FileStorage ignored the index the server saved at shutdown "
+                f"({found['index_size']} bytes): it does not match the file"
+            )
         found["transactions"] = len(tids)
         if tids != sorted(tids) or len(set(tids)) != len(tids):
             problems.append("transactions do not iterate in increasing tid order")
@@ -2336,11 +2375,14 @@ def report(outcome: Outcome) -> str:
         f"(seed {options.seed}).",
         "",
         f"**Result: {result}{' (' + ', '.join(failed) + ')' if failed else ''}.**  "
-        f"{outcome.error_total} errors.  Total time {outcome.total / 60:.1f} min.",
+        f"{outcome.error_total} errors; known findings: "
+        f"{', '.join(known_findings(outcome)) or 'none'}.  "
+        f"Total time {outcome.total / 60:.1f} min.",
         "",
     ]
     lines += _setup_section(outcome)
     lines += _checks_section(outcome)
+    lines += _known_section(outcome)
     lines += _operations_section(outcome)
     lines += _errors_section(outcome)
     lines += _memory_section(outcome)
@@ -2657,11 +2699,57 @@ def _verification_section(outcome: Outcome) -> list[str]:
         f"{found.get('monitor_commits', '-')} |",
         f"| fstest | {found['fstest']}; Data.fs {found['size'] / MIB:.1f} MiB, "
         f"blobs {found['blob_bytes'] / MIB:.0f} MiB |",
+        f"| blob records | {found['blob_records_twice']} transactions hold two "
+        "records of a blob's oid (known finding S1) |",
         f"| index | the server's Data.fs.index, saved at shutdown, "
-        f"{'used on reopening' if found['index_used'] else '**ignored**'} |",
+        f"{_index_text(found)} |",
         f"| problems | {'; '.join(problems) if problems else 'none'} |",
         "",
     ]
+
+
+def _index_text(found: dict[str, Any]) -> str:
+    if found["index_used"]:
+        return "used on reopening"
+    if found["index_explained"]:
+        return (
+            "ignored on reopening: the run ended on a blob write, whose "
+            "transaction holds the blob twice (known finding S1)"
+        )
+    return "**ignored** on reopening"
+
+
+def known_findings(outcome: Outcome) -> dict[str, str]:
+    """The known findings this run met, with what it saw of each."""
+    found = outcome.verification
+    seen = {}
+    if found.get("blob_records_twice"):
+        index = (
+            "the index was ignored at the reopening (the run ended on one)"
+            if not found["index_used"]
+            else "the index was used at the reopening (the run did not end on one)"
+        )
+        seen["S1"] = (
+            f"{found['blob_records_twice']} transactions hold a blob's oid "
+            f"twice (the {found['blob_writes']} blob writes and the seeding); "
+            f"{index}"
+        )
+    return seen
+
+
+def _known_section(outcome: Outcome) -> list[str]:
+    seen = known_findings(outcome)
+    if not seen:
+        return []
+    lines = [
+        "## Known findings",
+        "",
+        "Counted apart: they do not fail the run.",
+        "",
+    ]
+    for name, detail in seen.items():
+        lines.append(f"- **{name}**: {KNOWN_FINDINGS[name]}.  This run: {detail}.")
+    return [*lines, ""]
 
 
 def _machine_section(outcome: Outcome) -> list[str]:
