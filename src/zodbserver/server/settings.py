@@ -51,7 +51,7 @@ class ServerSettings:
     register_timeout: float = 30.0
     #: Bytes of replies a connection may have unsent before the server stops
     #: reading its calls (it reads again below a quarter of this).
-    connection_buffer_limit: int = 8 * 1024 * 1024
+    connection_buffer_limit: int = 256 * 1024
     #: Seconds a connection may stay over its buffer limit before it is
     #: closed, as a client that does not read its replies.
     slow_client_timeout: float = 300.0

@@ -54,6 +54,8 @@ FLUSH_BYTES = 256 * 1024
 #: A client to which this many times its buffer limit is written while its
 #: reading is paused (invalidations keep coming) is closed at once.
 HARD_LIMIT_FACTOR = 4
+#: ... and never less than this.
+HARD_LIMIT_FLOOR = 16 * 1024 * 1024
 
 #: How a TLS client's first bytes begin: a handshake record, TLS 1.x.  No
 #: ZEO frame starts so: its length prefix would be over 369 MB.
@@ -307,7 +309,10 @@ class ServerProtocol(asyncio.Protocol):
         transport = self._transport
         if batch and transport is not None and not transport.is_closing():
             transport.writelines(batch)
-            limit = HARD_LIMIT_FACTOR * self.server.settings.connection_buffer_limit
+            limit = max(
+                HARD_LIMIT_FACTOR * self.server.settings.connection_buffer_limit,
+                HARD_LIMIT_FLOOR,
+            )
             if self._written_while_paused > limit:
                 self._drop_slow_client(
                     f"reads nothing while {self._written_while_paused} bytes more "
