@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from ZODB.POSException import ReadOnlyError, StorageError
+from ZODB.POSException import POSError, ReadOnlyError, StorageError
 from ZODB.serialize import referencesf
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
@@ -192,15 +192,23 @@ class Session(TransactionCalls):
                 "access)"
             )
         if wait:
-            await self._pack(t)
+            await self._pack(t, wait)
         else:
-            self.server.tasks.spawn(self._pack(t))
+            self.server.tasks.spawn(self._pack(t, wait))
 
-    async def _pack(self, t: float) -> None:
+    async def _pack(self, t: float, wait: bool) -> None:
         hosted = self._hosted
         logger.info("%s: pack(t=%r) started", self.peer.label, t)
         hosted.packs += 1
-        await self.server.tasks.run_in_thread(_pack, self.storage, t)
+        try:
+            await self.server.tasks.run_in_thread(_pack, self.storage, t)
+        except POSError as error:
+            # The storage refused this pack ("Already packing", nothing to
+            # pack since the last one): the request's failure, not ours.
+            logger.warning("%s: pack(t=%r) failed: %r", self.peer.label, t, error)
+            if wait:
+                raise
+            return
         logger.info("%s: pack(t=%r) complete", self.peer.label, t)
         hosted.broadcast_info()
 
