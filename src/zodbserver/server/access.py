@@ -17,8 +17,9 @@ certificate: its subject's common name and its subject alternative names),
 ``fingerprint:HEX`` (the SHA-256 of the client's certificate, colons
 optional), ``network:CIDR`` (the client's address, IPv4 or IPv6; a Unix
 socket has none), or ``*`` (any client).  *access* is ``none``, ``read``
-(loads, history, iteration, the undo log, blobs out), ``write`` (also
-commits and undo) or ``admin`` (also pack).
+(loads, history, iteration, the undo log, blobs out), ``replicate`` (also
+follow the storage as a replica), ``write`` (also commits and undo) or
+``admin`` (also pack and promote).
 
 The first rule that matches the storage and the client decides, as in
 PostgreSQL's ``pg_hba.conf``; a client no rule matches has no access.  A
@@ -49,8 +50,10 @@ from ..errors import ConfigurationError
 class Access(enum.IntEnum):
     NONE = 0
     READ = 1
-    WRITE = 2
-    ADMIN = 3
+    #: Read, and follow the storage as a replica (``replication``).
+    REPLICATE = 2
+    WRITE = 3
+    ADMIN = 4
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def parse_rules(text: str, source: str) -> AccessRules:
         except KeyError:
             raise ConfigurationError(
                 f"{origin}: unknown access {access!r}; "
-                "expected none, read, write or admin"
+                "expected none, read, replicate, write or admin"
             ) from None
         rules.append(Rule(storage, kind, value, level, origin))
     return AccessRules(rules, source)

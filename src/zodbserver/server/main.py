@@ -86,6 +86,7 @@ async def serve(
             listener = await loop.create_server(factory, host, port, reuse_address=True)
             bound = listener.sockets[0].getsockname()[:2]
         logger.info("listening on %s, storages %s", bound, ", ".join(server.hosted))
+        server.replication.start(bound)
         if monitor is not None:
             monitor.attach(server, loop)
         if ready is not None:

@@ -311,6 +311,11 @@ METHODS: dict[str, Method] = {
     "ping": _sync(S.ping),
     "server_status": _sync(S.server_status),
     "set_client_label": _async(S.set_client_label, _client_label),
+    # replication (docs/replication.md)
+    "replicate": _sync(S.replicate, _mapping),
+    "replicated": _async(S.replicated, _bytes8),
+    "replication_status": _sync(S.replication_status, before_register=True),
+    "promote": _sync(S.promote, before_register=True),
     # reads
     "loadBefore": _sync(S.loadBefore, _bytes8, _bytes8),
     "loadSerial": _sync(S.loadSerial, _bytes8, _bytes8),

@@ -21,6 +21,7 @@ from ZODB.utils import p64, u64
 
 from .access import Access
 from .blobs import blob_storage
+from .replication_calls import ReplicationCalls
 from .status import SessionStatus
 from .storage_api import (
     DataRecord,
@@ -45,7 +46,7 @@ TransactionHeader = tuple[bytes, str, bytes, bytes, dict[str, Any]]
 RecordHeader = tuple[bytes, bytes, bytes | None, bytes | None]
 
 
-class Session(TransactionCalls):
+class Session(TransactionCalls, ReplicationCalls):
     """The server side of one client connection."""
 
     # -- connection -------------------------------------------------------
@@ -58,6 +59,7 @@ class Session(TransactionCalls):
             raise ValueError(f"unknown storage: {storage_name}")
         self.access = self._granted(storage_name)
         if not read_only and (self.read_only or hosted.read_only):
+            self.wanted_write = True
             raise ReadOnlyError()
         # A client the rules let read only is served as by a read-only
         # storage: it registers, and its commits fail with ReadOnlyError.
@@ -210,6 +212,7 @@ class Session(TransactionCalls):
                 raise
             return
         logger.info("%s: pack(t=%r) complete", self.peer.label, t)
+        hosted.replication.packed(t)
         hosted.broadcast_info()
 
     async def undoLog(self, first: int, last: int) -> Sequence[dict[str, Any]]:
@@ -310,6 +313,7 @@ class Session(TransactionCalls):
         hosted = self.hosted
         if hosted is None:
             return
+        self.end_replication()
         hosted.sessions.discard(self)
         txn = self.transaction
         if txn is None:

@@ -37,6 +37,8 @@ class Peer(Protocol):
 
     async def send_blob(self, oid: bytes, serial: bytes, path: str) -> None: ...
 
+    async def drained(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -48,6 +50,8 @@ class SessionBase:
         self.peer = peer
         self.hosted: HostedStorage | None = None
         self.read_only = server.settings.read_only
+        #: It asked to write and was refused as read-only (``register``).
+        self.wanted_write = False
         #: What the access rules grant this client on its storage.
         self.access = Access.ADMIN
         self.closed = False

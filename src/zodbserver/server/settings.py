@@ -55,3 +55,14 @@ class ServerSettings:
     #: Seconds a connection may stay over its buffer limit before it is
     #: closed, as a client that does not read its replies.
     slow_client_timeout: float = 300.0
+    #: The primary this server follows as a read-only replica
+    #: (``follower``); None: it is a primary.
+    replicate_from: Address | None = None
+    #: Replicas that must have a commit on disk before its ``tpc_finish``
+    #: is answered (``replication``).
+    sync_replicas: int = 0
+    #: Seconds a commit waits for them.
+    sync_replicas_timeout: float = 10.0
+    #: When they do not confirm in time: "fail" the commit, or go on
+    #: "async" (logged, counted).
+    sync_replicas_missing: str = "fail"

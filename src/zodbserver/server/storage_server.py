@@ -29,6 +29,8 @@ from .commit import CommitLock
 from .commit_times import CommitTimes
 from .invalidations import InvalidationQueue
 from .recovery import forget_unfinished_transaction
+from .replication import Replication
+from .replication_control import ReplicationControl
 from .settings import ServerSettings
 from .spool import SpoolLocation
 from .status import ClientSnapshot, StorageStats, StorageStatus
@@ -70,6 +72,9 @@ class Subscriber(Protocol):
 
     def access_changed(self) -> None: ...
 
+    #: It asked to write and was served read-only.
+    wanted_write: bool
+
     def describe(self) -> str: ...
 
     def snapshot(self) -> ClientSnapshot: ...
@@ -97,7 +102,13 @@ class HostedStorage:
         self.name = name
         self.storage = storage
         self.settings = settings
-        self.read_only = settings.read_only or bool(storage.isReadOnly())
+        #: Clients may not write: a read-only server or storage, a replica,
+        #: a primary not yet sure it was not replaced (``fencing``).
+        self.read_only = (
+            settings.read_only
+            or bool(storage.isReadOnly())
+            or settings.replicate_from is not None
+        )
         forget_unfinished_transaction(name, storage)
         #: Where transactions past the spool threshold keep their stores.
         self.spool_location = SpoolLocation.of(storage)
@@ -120,6 +131,8 @@ class HostedStorage:
         self.finishing: set[asyncio.Future[Any]] = set()
         #: Packs begun: an iterator begun before one cannot go on.
         self.packs = 0
+        #: The replicas following this storage, and what they confirmed.
+        self.replication = Replication(self)
         if settings.client_conflict_resolution:
             storage.tryToResolveConflict = _refuse_conflict_resolution
 
@@ -208,6 +221,16 @@ class HostedStorage:
         for session in self.sessions:
             if session is not committer:
                 session.invalidate(tid, oids)
+        self.replication.committed(tid)
+
+    def reconnect_waiting_writers(self) -> None:
+        """The storage became writable: disconnect the clients that asked
+        to write and were served read-only, so that they come back
+        writable (ZEO's ``read_only_fallback`` clients stay read-only on a
+        connection they made so)."""
+        for session in list(self.sessions):
+            if session.wanted_write:
+                session.close_connection("the storage is writable now; reconnect")
 
     def broadcast_info(self) -> None:
         info = self.size_info()
@@ -275,6 +298,8 @@ class StorageServer:
             name: HostedStorage(name, storage, settings)
             for name, storage in storages.items()
         }
+        #: This server's role: primary, or replica of ``replicate_from``.
+        self.replication = ReplicationControl(self)
         #: Who may do what (``access``); None: everyone everything.
         self.access: AccessRules | None = None
         if settings.access_rules is not None:
@@ -298,6 +323,12 @@ class StorageServer:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         for hosted in self.hosted.values():
             hosted.attach(loop)
+
+    async def promote(self) -> dict[str, Any]:
+        return await self.replication.promote()
+
+    def replication_status(self) -> dict[str, Any]:
+        return self.replication.status()
 
     def ruok(self) -> dict[str, StorageStatus]:
         return {name: hosted.status() for name, hosted in self.hosted.items()}

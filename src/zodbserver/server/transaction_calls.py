@@ -185,6 +185,15 @@ class TransactionCalls(SessionBase):
         hosted = self._hosted
         state = txn.state
         clock = txn.clock
+        if hosted.replication.required:
+            try:
+                await hosted.replication.before_vote(self.peer.label)
+            except Exception:
+                if self.transaction is txn:
+                    self._end_transaction()
+                raise
+            if self.transaction is not txn:
+                raise StorageTransactionError("the transaction ended during the vote")
         try:
             await hosted.commit_lock.acquire(self)
         except asyncio.CancelledError:
@@ -354,6 +363,9 @@ class TransactionCalls(SessionBase):
         hosted.publish_commit(self, tid, vote_result.invalidated)
         self.send_async("info", (hosted.size_info(),))
         self._end_transaction()
+        if hosted.replication.required:
+            # Acknowledged once on disk on the replicas too (sync-replicas).
+            await hosted.replication.confirmed(tid)
         return tid
 
     def _finish_in_storage(self, txn: PendingTransaction) -> bytes:

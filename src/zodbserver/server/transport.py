@@ -295,6 +295,11 @@ class ServerProtocol(asyncio.Protocol):
                 chunks = await next_chunks(stream, self.server.tasks.run_in_thread)
         self.send_async("receiveBlobStop", (oid, serial))
 
+    async def drained(self) -> None:
+        """Wait until the send buffer is below its high-water mark."""
+        self._flush()
+        await self._writable.wait()
+
     def close(self) -> None:
         """Close after writing what is already queued (e.g. a ruok answer)."""
         if self._transport is not None and not self.closed:

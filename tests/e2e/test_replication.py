@@ -1,0 +1,223 @@
+"""A replica follows its primary: every transaction, record and blob, in
+order; it serves its own clients read-only, with invalidations; it resumes
+after a lost connection; a pack reaches it; it can be promoted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import transaction
+import ZEO
+import ZODB
+from BTrees.Length import Length
+from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
+from ZODB.blob import Blob
+from ZODB.FileStorage import FileStorage
+
+from support.raw_client import RawClient
+from support.replicas import (
+    file_storage,
+    last_tid,
+    replication_status,
+    same_history,
+    wait_caught_up,
+)
+from support.waiting import wait_until
+from zodbserver.client import ClientStorage
+from zodbserver.peer_call import call
+from zodbserver.protocol import ErrorReply
+from zodbserver.server.thread import ServerThread
+
+
+@pytest.fixture
+def primary(tmp_path: Path) -> Iterator[tuple[Any, FileStorage]]:
+    storage = file_storage(tmp_path / "primary")
+    with ServerThread({"1": storage}) as address:
+        yield address, storage
+
+
+def replica_thread(
+    directory: Path, primary_address: Any, **options: Any
+) -> tuple[ServerThread, FileStorage]:
+    storage = file_storage(directory)
+    return ServerThread(
+        {"1": storage}, replicate_from=primary_address, **options
+    ), storage
+
+
+def mixed_workload(address: Any, blob_dir: Path) -> None:
+    """Commits, a conflict resolved, an undo and blobs, through ZEO's client."""
+    db = ZODB.DB(ZEO.client(address, blob_dir=str(blob_dir), wait_timeout=30))
+    other = ZODB.DB(ZEO.client(address, blob_dir=str(blob_dir) + "-2", wait_timeout=30))
+    try:
+        with db.transaction("setup") as conn:
+            root = conn.root()
+            root["tree"] = OOBTree()
+            root["counter"] = Length()
+            root["blob"] = Blob(b"first blob " * 1000)
+            root["mapping"] = PersistentMapping()
+        for number in range(20):
+            with db.transaction(f"commit {number}") as conn:
+                conn.root()["tree"][number] = "x" * number
+        # A conflict resolved by Length's _p_resolveConflict.
+        first = db.open(transaction.TransactionManager())
+        second = other.open(transaction.TransactionManager())
+        first.root()["counter"].change(1)
+        second.root()["counter"].change(2)
+        first.transaction_manager.commit()
+        second.transaction_manager.commit()
+        first.close()
+        second.close()
+        with db.transaction("a new blob revision") as conn:
+            conn.root()["blob"] = Blob(b"second blob " * 5000)
+        with db.transaction("to undo") as conn:
+            conn.root()["mapping"]["undo me"] = 1
+        undo_id = db.undoLog(0, 1)[0]["id"]
+        db.undo(undo_id)
+        transaction.commit()
+    finally:
+        db.close()
+        other.close()
+
+
+def test_a_replica_holds_what_the_primary_holds(
+    tmp_path: Path, primary: tuple[Any, FileStorage]
+) -> None:
+    address, primary_storage = primary
+    mixed_workload(address, tmp_path / "client-blobs")
+    replica, replica_storage = replica_thread(tmp_path / "replica", address)
+    with replica as replica_address:
+        wait_caught_up(address, replica_address)
+        # ... and follows what comes after.
+        mixed_workload(address, tmp_path / "client-blobs-2")
+        wait_caught_up(address, replica_address)
+        status = replication_status(address)["storages"]["1"]["replicas"]
+        assert [r["state"] for r in status] == ["following"]
+        replica_status = replication_status(replica_address)
+        assert replica_status["role"] == "replica"
+        assert replica_status["storages"]["1"]["primary"]["state"] == "following"
+    differences = same_history(primary_storage, replica_storage)
+    assert differences == []
+    assert len(list(primary_storage.iterator())) > 25
+
+
+def test_replica_clients_read_only_with_invalidations(
+    tmp_path: Path, primary: tuple[Any, FileStorage]
+) -> None:
+    address, _ = primary
+    writer = ZODB.DB(ClientStorage(address, wait_timeout=30))
+    replica, _ = replica_thread(tmp_path / "replica", address)
+    with replica as replica_address:
+        with writer.transaction() as conn:
+            conn.root()["value"] = 1
+        wait_caught_up(address, replica_address)
+        with RawClient(replica_address) as raw:
+            refusal = raw.call("register", "1", False)
+            assert isinstance(refusal, ErrorReply), refusal
+            assert refusal.class_name.endswith("ReadOnlyError")
+        reader = ZODB.DB(
+            ZEO.client(replica_address, read_only_fallback=True, wait_timeout=30)
+        )
+        try:
+            conn = reader.open()
+            assert conn.root()["value"] == 1
+            with writer.transaction() as wconn:
+                wconn.root()["value"] = 2
+
+            def sees_two() -> bool:
+                conn.transaction_manager.begin()
+                return bool(conn.root()["value"] == 2)
+
+            wait_until(sees_two, "the replica's client to see the new value")
+            conn.close()
+        finally:
+            reader.close()
+    writer.close()
+
+
+def test_a_replica_resumes_after_losing_its_primary(tmp_path: Path) -> None:
+    primary_storage = file_storage(tmp_path / "primary")
+    primary = ServerThread({"1": primary_storage})
+    address = primary.start()
+    replica, replica_storage = replica_thread(tmp_path / "replica", address)
+    with replica as replica_address:
+        db = ZODB.DB(ClientStorage(address, wait_timeout=30))
+        for number in range(10):
+            with db.transaction() as conn:
+                conn.root()[number] = number
+        db.close()
+        wait_caught_up(address, replica_address)
+        primary.stop()
+        # The primary comes back on the same address with the same storage.
+        primary_storage = file_storage(tmp_path / "primary")
+        primary = ServerThread({"1": primary_storage}, address=address)
+        primary.start()
+        db = ZODB.DB(ClientStorage(address, wait_timeout=30))
+        for number in range(10, 20):
+            with db.transaction() as conn:
+                conn.root()[number] = number
+        db.close()
+        wait_caught_up(address, replica_address)
+    primary.stop()
+    primary_storage = FileStorage(str(tmp_path / "primary" / "Data.fs"), read_only=True)
+    replica_storage = FileStorage(str(tmp_path / "replica" / "Data.fs"), read_only=True)
+    try:
+        assert same_history(primary_storage, replica_storage) == []
+    finally:
+        primary_storage.close()
+        replica_storage.close()
+
+
+def test_a_pack_on_the_primary_reaches_the_replica(
+    tmp_path: Path, primary: tuple[Any, FileStorage]
+) -> None:
+    address, primary_storage = primary
+    db = ZODB.DB(ClientStorage(address, wait_timeout=30))
+    for number in range(10):
+        with db.transaction() as conn:
+            conn.root()["value"] = "x" * 1000 * number
+    replica, replica_storage = replica_thread(tmp_path / "replica", address)
+    with replica as replica_address:
+        wait_caught_up(address, replica_address)
+        size_before = replica_storage.getSize()
+        db.pack(time.time() + 1)
+        wait_until(
+            lambda: replica_storage.getSize() < size_before,
+            "the replica to pack",
+        )
+        with db.transaction() as conn:
+            conn.root()["after pack"] = True
+        wait_caught_up(address, replica_address)
+    db.close()
+    assert same_history(primary_storage, replica_storage) == []
+
+
+def test_a_promoted_replica_takes_writes(
+    tmp_path: Path, primary: tuple[Any, FileStorage]
+) -> None:
+    address, _ = primary
+    db = ZODB.DB(ClientStorage(address, wait_timeout=30))
+    with db.transaction() as conn:
+        conn.root()["value"] = 1
+    replica, _ = replica_thread(tmp_path / "replica", address)
+    with replica as replica_address:
+        wait_caught_up(address, replica_address)
+        db.close()
+        answer = call(replica_address, "promote")
+        assert answer["storages"]["1"]["epoch"] == 2
+        status = replication_status(replica_address)
+        assert status["role"] == "primary"
+        assert [e[0] for e in status["storages"]["1"]["history"]] == [1, 2]
+        promoted = ZODB.DB(ClientStorage(replica_address, wait_timeout=30))
+        with promoted.transaction() as conn:
+            assert conn.root()["value"] == 1
+            conn.root()["value"] = 2
+        promoted.close()
+        assert last_tid(replica_address) > last_tid(address)
+    state = (tmp_path / "replica" / "Data.fs.replication").read_text()
+    assert '[2, "' in state
