@@ -1,6 +1,7 @@
 """The ``zeoserver`` command: run, start, stop and inspect a database server.
 
     zeoserver [OPTIONS] fg | start | stop | restart | reload | status | logtail
+                        | promote | rejoin
 
 The options say which server: ``-C zeo.conf``, or ``-a ADDRESS`` and
 ``-f Data.fs`` on their own, with ``--var DIR`` (default ``./var``) holding
@@ -106,6 +107,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
             settings, monitor_address=parse_address(args.monitor_address_text)
         )
         options += ["--monitor-address", args.monitor_address_text]
+    if args.replicate_from_text is not None:
+        settings = dataclasses.replace(
+            settings,
+            replicate_from=parse_address(args.replicate_from_text, listening=False),
+        )
+        options += ["--replicate-from", args.replicate_from_text]
     if args.access_rules is not None:
         path = os.path.abspath(args.access_rules)
         load_rules(path)  # a bad rule is an error now, not at start
@@ -317,6 +324,15 @@ def _server_options(suppress: bool) -> argparse.ArgumentParser:
         "/live, /ready, /status.json; PORT (on 127.0.0.1) or HOST:PORT",
     )
     group.add_argument(
+        "--replicate-from",
+        metavar="ADDRESS",
+        dest="replicate_from_text",
+        type=_address_text,
+        default=default(None),
+        help="be a read-only replica of the primary at HOST:PORT (see "
+        "'zeoserver promote')",
+    )
+    group.add_argument(
         "--access-rules",
         metavar="FILE",
         default=default(None),
@@ -413,6 +429,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the server's figures too",
     )
+    command(
+        "promote",
+        "make a replica a writable primary",
+        "Tell the running replica (through its address) to stop following "
+        "its primary and take writes: each storage begins a new epoch, "
+        "saved beside its file, so that the former primary, when it comes "
+        "back, knows it was replaced. Run it once the primary is gone for "
+        "good; exit 1 if the server is not a replica or cannot be reached.",
+    )
+    rejoin = command(
+        "rejoin",
+        "move a former primary's own transactions aside, to follow again",
+        "With the server stopped: ask the primary given by --replicate-from "
+        "(or zeo.conf's replicate-from) where this server's history left "
+        "the primary's, and move this server's transactions after that "
+        "point into DATA.FS.diverged-TID (a FileStorage, with its blobs), "
+        "which an operator can inspect or copy back. Then start the server "
+        "as a replica.",
+    )
+    rejoin.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only print what would be moved aside",
+    )
     logtail = command(
         "logtail",
         "show the end of the log, following it",
@@ -505,6 +545,12 @@ def main(argv: list[str] | None = None) -> int:
         return state
     if args.command == "reload":
         return daemon.reload(PROGRAM, plan.pid_file)
+    if args.command == "promote":
+        return _promote(plan)
+    if args.command == "rejoin":
+        from .rejoin import rejoin
+
+        return rejoin(plan.config, dry_run=args.dry_run)
     if args.command == "logtail":
         return _logtail(plan, args.lines, follow=not args.no_follow)
     raise AssertionError(args.command)
@@ -518,6 +564,26 @@ def _print_figures(plan: Plan) -> int:
     except StatusUnavailableError as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _promote(plan: Plan) -> int:
+    from .addresses import DEFAULT_HOST, format_address
+    from .peer_call import CallFailedError, call
+
+    address = plan.config.settings.address
+    if not isinstance(address, str) and address[0] in ("", "0.0.0.0", "::"):
+        address = (DEFAULT_HOST, address[1])
+    try:
+        answer = call(address, "promote", seconds=60.0)
+    except CallFailedError as error:
+        print(f"{PROGRAM}: promote: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name, epoch in sorted(answer["storages"].items()):
+        print(
+            f"storage {name!r} at {format_address(address)}: primary, "
+            f"epoch {epoch['epoch']}, after {epoch['after']}"
+        )
     return EXIT_OK
 
 

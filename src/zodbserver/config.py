@@ -96,6 +96,19 @@ def server_address(value: str) -> Address:
     return parse_address(value)
 
 
+def primary_address(value: str) -> Address:
+    """ZConfig datatype for ``replicate-from``: a server to connect to."""
+    return parse_address(value, listening=False)
+
+
+def sync_replicas_missing(value: str) -> str:
+    """ZConfig datatype for ``sync-replicas-missing``: fail or async."""
+    choice = value.strip().lower()
+    if choice not in ("fail", "async"):
+        raise ValueError(f"expected fail or async, got {value!r}")
+    return choice
+
+
 def non_negative_integer(value: str) -> int:
     try:
         number = int(value)
@@ -284,6 +297,10 @@ def _settings(zeo: Any, environ: Mapping[str, str]) -> ServerSettings:
         register_timeout=zeo.register_timeout,
         connection_buffer_limit=zeo.connection_buffer_limit,
         slow_client_timeout=zeo.slow_client_timeout,
+        replicate_from=zeo.replicate_from,
+        sync_replicas=zeo.sync_replicas,
+        sync_replicas_timeout=zeo.sync_replicas_timeout,
+        sync_replicas_missing=zeo.sync_replicas_missing,
         tls=None if zeo.ssl is None else zeo.ssl[0],
         tls_handshake_timeout=(
             defaults.tls_handshake_timeout if zeo.ssl is None else zeo.ssl[1]

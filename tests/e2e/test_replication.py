@@ -31,6 +31,9 @@ from support.waiting import wait_until
 from zodbserver.client import ClientStorage
 from zodbserver.peer_call import call
 from zodbserver.protocol import ErrorReply
+from zodbserver.config import ServerConfig, filestorage
+from zodbserver.rejoin import rejoin
+from zodbserver.server.settings import ServerSettings
 from zodbserver.server.thread import ServerThread
 
 
@@ -221,3 +224,93 @@ def test_a_promoted_replica_takes_writes(
         assert last_tid(replica_address) > last_tid(address)
     state = (tmp_path / "replica" / "Data.fs.replication").read_text()
     assert '[2, "' in state
+
+
+def test_a_replaced_primary_is_fenced_then_rejoins(tmp_path: Path) -> None:
+    primary_dir, replica_dir = tmp_path / "primary", tmp_path / "replica"
+    primary = ServerThread({"1": file_storage(primary_dir)})
+    address = primary.start()
+    replica = ServerThread({"1": file_storage(replica_dir)}, replicate_from=address)
+    replica_address = replica.start()
+    commit_values(address, range(5))
+    wait_caught_up(address, replica_address)
+    replica.stop()
+    commit_values(address, range(5, 8))  # the primary's own, never replicated
+    primary.stop()
+
+    # The replica is promoted while the primary is gone.
+    replica = ServerThread(
+        {"1": file_storage(replica_dir)},
+        replicate_from=address,
+        address=replica_address,
+    )
+    replica.start()
+    assert call(replica_address, "promote")["storages"]["1"]["epoch"] == 2
+    branch = last_tid(replica_address)
+    commit_values(replica_address, range(100, 102))
+
+    # The old primary comes back as a primary: it asks its former replica,
+    # learns of the promotion and stays read-only.
+    primary = ServerThread({"1": file_storage(primary_dir)}, address=address)
+    primary.start()
+    wait_until(
+        lambda: replication_status(address)["storages"]["1"]["stale"],
+        "the old primary to find out it was replaced",
+    )
+    with RawClient(address) as raw:
+        refusal = raw.call("register", "1", False)
+        assert isinstance(refusal, ErrorReply), refusal
+    primary.stop()
+
+    # rejoin moves its own three transactions aside ...
+    config = ServerConfig(
+        settings=ServerSettings(replicate_from=replica_address),
+        storages=(
+            filestorage("1", str(primary_dir / "Data.fs"), str(primary_dir / "blobs")),
+        ),
+    )
+    assert rejoin(config) == 0
+    aside = list(primary_dir.glob("Data.fs.diverged-*"))
+    aside_files = [
+        p for p in aside if p.suffix not in (".blobs", ".lock", ".index", ".tmp")
+    ]
+    assert len(aside_files) == 1, aside
+    moved = FileStorage(str(aside_files[0]), read_only=True)
+    try:
+        assert len(list(moved.iterator())) == 3
+    finally:
+        moved.close()
+    cut = FileStorage(str(primary_dir / "Data.fs"), read_only=True)
+    try:
+        assert cut.lastTransaction().hex() == branch
+    finally:
+        cut.close()
+
+    # ... and it follows the new primary.
+    primary = ServerThread(
+        {"1": file_storage(primary_dir)},
+        replicate_from=replica_address,
+        address=address,
+    )
+    primary.start()
+    commit_values(replica_address, range(200, 203))
+    wait_caught_up(replica_address, address)
+    primary.stop()
+    replica.stop()
+    first = FileStorage(str(primary_dir / "Data.fs"), read_only=True)
+    second = FileStorage(str(replica_dir / "Data.fs"), read_only=True)
+    try:
+        assert same_history(first, second) == []
+    finally:
+        first.close()
+        second.close()
+
+
+def commit_values(address: Any, keys: Any) -> None:
+    db = ZODB.DB(ClientStorage(address, wait_timeout=30))
+    try:
+        for key in keys:
+            with db.transaction() as conn:
+                conn.root()[key] = key
+    finally:
+        db.close()
