@@ -29,9 +29,9 @@ from support.replicas import (
 )
 from support.waiting import wait_until
 from zodbserver.client import ClientStorage
+from zodbserver.config import ServerConfig, filestorage
 from zodbserver.peer_call import call
 from zodbserver.protocol import ErrorReply
-from zodbserver.config import ServerConfig, filestorage
 from zodbserver.rejoin import rejoin
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.thread import ServerThread
