@@ -18,6 +18,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 from ZODB.FileStorage import FileStorage
+from ZODB.POSException import StorageError
 
 from support.raw_client import RawClient
 from support.replicas import (
@@ -314,3 +315,57 @@ def commit_values(address: Any, keys: Any) -> None:
                 conn.root()[key] = key
     finally:
         db.close()
+
+
+def test_sync_replicas_refuses_a_commit_no_replica_can_confirm(tmp_path: Path) -> None:
+    storage = file_storage(tmp_path / "primary")
+    with ServerThread(
+        {"1": storage}, sync_replicas=1, sync_replicas_timeout=0.5
+    ) as address:
+        client = ClientStorage(address, wait_timeout=30)
+        try:
+            # The database's first commit, of its root, is refused.
+            with pytest.raises(StorageError, match="sync-replicas is 1"):
+                ZODB.DB(client)
+        finally:
+            client.close()
+    assert not list(storage.iterator())
+
+
+def test_sync_replicas_async_mode_commits_without_replicas(tmp_path: Path) -> None:
+    storage = file_storage(tmp_path / "primary")
+    with ServerThread(
+        {"1": storage},
+        sync_replicas=1,
+        sync_replicas_timeout=0.2,
+        sync_replicas_missing="async",
+    ) as address:
+        commit_values(address, ["a", "b"])
+        status = replication_status(address)["storages"]["1"]
+        assert not status["replicas"]
+        assert status["unconfirmed_commits"] == 3  # the root's, a's and b's
+    assert len(list(storage.iterator())) == 3
+
+
+def test_sync_replicas_acknowledges_once_the_replica_has_it(
+    tmp_path: Path,
+) -> None:
+    storage = file_storage(tmp_path / "primary")
+    with ServerThread(
+        {"1": storage}, sync_replicas=1, sync_replicas_timeout=10
+    ) as address:
+        replica, _ = replica_thread(tmp_path / "replica", address)
+        with replica as replica_address:
+            wait_until(
+                lambda: replication_status(address)["storages"]["1"]["replicas"],
+                "the replica to connect",
+            )
+            db = ZODB.DB(ClientStorage(address, wait_timeout=30))
+            try:
+                for number in range(20):
+                    with db.transaction() as conn:
+                        conn.root()[number] = number
+                    # Acknowledged: the replica has it already.
+                    assert last_tid(replica_address) >= db.lastTransaction().hex()
+            finally:
+                db.close()

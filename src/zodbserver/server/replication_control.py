@@ -174,6 +174,8 @@ class ReplicationControl:
                 "read_only": hosted.read_only,
                 "primary": None if follower is None else follower.snapshot(),
                 "replicas": hosted.replication.snapshot(),
+                "sync_replicas": hosted.replication.required,
+                "unconfirmed_commits": hosted.replication.unconfirmed_commits,
                 "stale": self.stale.get(name),
             }
         role = "replica" if self.is_replica else "primary"
