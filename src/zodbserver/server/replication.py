@@ -262,10 +262,7 @@ class Replication:
     async def before_vote(self, label: str) -> None:
         """Refuse (or, in async mode, report) a commit that too few
         replicas are following to confirm."""
-        if self.following() >= self.required:
-            return
-        if self.missing == ASYNC:
-            self._report_degraded()
+        if self.following() >= self.required or self.missing == ASYNC:
             return
         deadline = time.monotonic() + self.timeout
         while self.following() < self.required:
@@ -283,6 +280,9 @@ class Replication:
     async def confirmed(self, tid: bytes) -> None:
         """Return once ``required`` replicas have ``tid`` on disk."""
         if self._confirmations(tid) >= self.required:
+            return
+        if self.missing == ASYNC and self.following() < self.required:
+            self._report_degraded()
             return
         future = asyncio.get_running_loop().create_future()
         waiter = _Waiter(tid, future)
