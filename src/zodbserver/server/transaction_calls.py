@@ -365,7 +365,13 @@ class TransactionCalls(SessionBase):
         self._end_transaction()
         if hosted.replication.required:
             # Acknowledged once on disk on the replicas too (sync-replicas).
-            await hosted.replication.confirmed(tid)
+            # Commits made meanwhile are told after the answer: the answer
+            # is written as this returns, the held ones at the next turn.
+            self.hold_invalidations()
+            try:
+                await hosted.replication.confirmed(tid)
+            finally:
+                asyncio.get_running_loop().call_soon(self.release_invalidations)
         return tid
 
     def _finish_in_storage(self, txn: PendingTransaction) -> bytes:
