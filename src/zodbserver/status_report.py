@@ -19,7 +19,7 @@ from .addresses import Address, format_address
 from .errors import ZodbServerError
 from .protocol.connection import STATUS_PROBE
 from .protocol.framing import FrameDecoder, encode_frame
-from .server.figures import age, clock, duration, since, size
+from .server.figures import age, clock, duration, replication, since, size
 from .server.settings import ServerSettings
 
 #: Seconds to wait for the server's answer.
@@ -139,6 +139,7 @@ def _storage_lines(storage: dict[str, Any], now: float) -> list[str]:
         measured = storage.get("blob_directory_size")
         shown = "" if measured is None else f" ({size(measured)})"
         lines.append(f"  blobs in {storage['blob_directory']}{shown}")
+    lines.extend(f"  {line}" for line in replication(storage["replication"]))
     lock = storage["lock"]
     if lock["holder"] is None:
         lines.append("  commit lock: free")

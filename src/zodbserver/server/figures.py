@@ -6,6 +6,8 @@ Shared by the status page and ``zeoserver status --verbose``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 
 def clock(epoch: float) -> str:
@@ -42,3 +44,32 @@ def size(count: int) -> str:
             break
         value, unit = value / 1024, larger
     return f"{count} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def replication(status: Mapping[str, Any]) -> list[str]:
+    """A storage's replication (``ReplicationControl.status``), in lines."""
+    history = status["history"]
+    lines = [f"epoch {history[-1][0]}" + (", read-only" if status["read_only"] else "")]
+    if status.get("stale"):
+        lines.append(f"left behind: {status['stale']}")
+    primary = status["primary"]
+    if primary is not None:
+        lines.append(
+            f"replica of {primary['primary']}: {primary['state']}, "
+            f"{age(primary['lag_seconds'])} behind, {primary['applied']} "
+            "transactions applied"
+            + (f" ({primary['error']})" if primary["error"] else "")
+        )
+    required = status["sync_replicas"]
+    if required:
+        lines.append(
+            f"sync-replicas {required}: {status['unconfirmed_commits']} commits "
+            "acknowledged without them"
+        )
+    for replica in status["replicas"]:
+        lines.append(
+            f"replica {replica['address'] or replica['label']}: {replica['state']}, "
+            f"{age(replica['lag_seconds'])} and {replica['lag_transactions']} "
+            f"transactions behind (confirmed {replica['acknowledged']})"
+        )
+    return lines

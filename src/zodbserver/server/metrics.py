@@ -92,6 +92,7 @@ class SnapshotCollector(Collector):
         if snapshot is None:
             return
         yield from self._storage_metrics(snapshot)
+        yield from self._replication_metrics(snapshot)
         yield from self._traffic_metrics(snapshot)
 
     def _storage_metrics(self, snapshot: ServerSnapshot) -> Iterator[Metric]:
@@ -174,6 +175,60 @@ class SnapshotCollector(Collector):
                     observed["sum"],
                 )
             yield histogram
+
+    def _replication_metrics(self, snapshot: ServerSnapshot) -> Iterator[Metric]:
+        replicas = GaugeMetricFamily(
+            "zodbserver_replicas",
+            "Replicas connected to the storage, by state (following, catching up).",
+            labels=["storage", "state"],
+        )
+        lag = GaugeMetricFamily(
+            "zodbserver_replica_lag_seconds",
+            "How far a replica is behind the storage, in the time of the "
+            "transactions it has not confirmed.",
+            labels=["storage", "replica"],
+        )
+        lag_transactions = GaugeMetricFamily(
+            "zodbserver_replica_lag_transactions",
+            "Transactions a replica has not confirmed (of the last 100,000).",
+            labels=["storage", "replica"],
+        )
+        unconfirmed = CounterMetricFamily(
+            "zodbserver_commits_unconfirmed",
+            "Commits acknowledged without the sync-replicas replicas "
+            "(sync-replicas-missing async).",
+            labels=["storage"],
+        )
+        following = GaugeMetricFamily(
+            "zodbserver_replication_following",
+            "On a replica: 1 while it streams from its primary, 0 while it "
+            "reconnects or was refused.",
+            labels=["storage", "primary"],
+        )
+        behind = GaugeMetricFamily(
+            "zodbserver_replication_lag_seconds",
+            "On a replica: how far behind its primary's last transaction "
+            "it is, in the time of the transactions.",
+            labels=["storage", "primary"],
+        )
+        for storage in snapshot["storages"]:
+            name = storage["name"]
+            replication = storage["replication"]
+            states = {"following": 0, "catching up": 0}
+            for replica in replication["replicas"]:
+                states[replica["state"]] = states.get(replica["state"], 0) + 1
+                who = replica["address"] or replica["label"]
+                lag.add_metric([name, who], replica["lag_seconds"])
+                lag_transactions.add_metric([name, who], replica["lag_transactions"])
+            for state, count in sorted(states.items()):
+                replicas.add_metric([name, state], count)
+            unconfirmed.add_metric([name], replication["unconfirmed_commits"])
+            primary = replication["primary"]
+            if primary is not None:
+                streaming = primary["state"] in ("following", "catching up")
+                following.add_metric([name, primary["primary"]], int(streaming))
+                behind.add_metric([name, primary["primary"]], primary["lag_seconds"])
+        yield from (replicas, lag, lag_transactions, unconfirmed, following, behind)
 
     def _traffic_metrics(self, snapshot: ServerSnapshot) -> Iterator[Metric]:
         traffic = snapshot["traffic"]

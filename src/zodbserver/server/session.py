@@ -101,6 +101,9 @@ class Session(TransactionCalls, ReplicationCalls):
             status["clients"] = sorted(
                 session.describe() for session in hosted.sessions
             )
+        status["replication"] = self.server.replication.status()["storages"][
+            hosted.name
+        ]
         return status
 
     def set_client_label(self, label: str) -> None:

@@ -58,6 +58,9 @@ class StorageSnapshot(TypedDict):
     clients: list[ClientSnapshot]
     slowest_commits: list[dict[str, Any]]
     histograms: dict[str, HistogramSnapshot]
+    #: Its primary (on a replica), its replicas and their lag, its history
+    #: (``ReplicationControl.status``).
+    replication: dict[str, Any]
 
 
 class TrafficSnapshot(TypedDict):
@@ -73,21 +76,28 @@ class TrafficSnapshot(TypedDict):
 class ServerSnapshot(TypedDict):
     taken_at: float
     pid: int
+    #: "primary" or "replica".
+    role: str
     storages: list[StorageSnapshot]
     traffic: TrafficSnapshot
 
 
 def take(server: StorageServer) -> ServerSnapshot:
     """The server's state now (on the event loop)."""
+    replication = server.replication_status()
     return {
         "taken_at": time.time(),
         "pid": os.getpid(),
-        "storages": [_storage(hosted) for hosted in server.hosted.values()],
+        "role": replication["role"],
+        "storages": [
+            _storage(hosted, replication["storages"][name])
+            for name, hosted in server.hosted.items()
+        ],
         "traffic": _traffic(server.traffic),
     }
 
 
-def _storage(hosted: HostedStorage) -> StorageSnapshot:
+def _storage(hosted: HostedStorage, replication: dict[str, Any]) -> StorageSnapshot:
     storage = hosted.storage
     stats = hosted.stats
     lock = hosted.commit_lock
@@ -135,6 +145,7 @@ def _storage(hosted: HostedStorage) -> StorageSnapshot:
             "vote": _histogram(times.vote),
             "finish": _histogram(times.finish),
         },
+        "replication": replication,
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 #: One storage's status, in ZEO's keys (``server_status()``, ``ruok``).
 StorageStatus = TypedDict(
@@ -57,6 +57,8 @@ class SessionStatus(StorageStatus):
     identity: str | None
     access: str
     clients: NotRequired[list[str]]
+    #: Its primary or its replicas, its history (not in ZEO's status).
+    replication: NotRequired[dict[str, Any]]
 
 
 @dataclass

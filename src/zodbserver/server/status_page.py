@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .figures import age, clock, duration, since, size
+from .figures import age, clock, duration, replication, since, size
 from .snapshot import ServerSnapshot, StorageSnapshot
 
 #: Seconds between the page's own reloads.
@@ -89,6 +89,11 @@ def _storage(
         for name, n in storage["counters"].items()
     )
     yield _table(("", ""), rows, header=False)
+    yield (
+        '<p class="replication">Replication: '
+        + "; ".join(_e(line) for line in replication(storage["replication"]))
+        + "</p>"
+    )
 
     lock = storage["lock"]
     if lock["holder"] is None:
