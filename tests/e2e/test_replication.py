@@ -28,6 +28,7 @@ from support.replicas import (
     same_history,
     wait_caught_up,
 )
+from support.server_processes import ServerProcess
 from support.waiting import wait_until
 from zodbserver.client import ClientStorage
 from zodbserver.config import ServerConfig, filestorage
@@ -369,3 +370,22 @@ def test_sync_replicas_acknowledges_once_the_replica_has_it(
                     assert last_tid(replica_address) >= db.lastTransaction().hex()
             finally:
                 db.close()
+
+
+def test_a_zeo_server_is_no_primary(tmp_path: Path) -> None:
+    """The stream is our extension: a replica pointed at ZEO 6 says the
+    primary refused it, and serves its own storage read-only meanwhile."""
+    (tmp_path / "zeo").mkdir()
+    with ServerProcess("zeo", tmp_path / "zeo") as zeo_server:
+        zeo_address = zeo_server.start()
+        replica, _ = replica_thread(tmp_path / "replica", zeo_address)
+        with replica as replica_address:
+
+            def refused() -> Any:
+                primary = replication_status(replica_address)["storages"]["1"][
+                    "primary"
+                ]
+                return primary["state"] == "refused" and primary["error"]
+
+            error = wait_until(refused, "the replica to give up on ZEO")
+            assert "not a server that replicates" in error

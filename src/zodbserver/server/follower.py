@@ -197,15 +197,23 @@ class Follower:
         await self._call(events, "register", hosted.name, True)
         last = await hosted.in_worker(_last_transaction, hosted.storage)
         replication = hosted.replication
-        answer = await self._call(
-            events,
-            "replicate",
-            {
-                "history": to_json(replication.history),
-                "last_tid": last,
-                "address": self.advertise,
-            },
-        )
+        try:
+            answer = await self._call(
+                events,
+                "replicate",
+                {
+                    "history": to_json(replication.history),
+                    "last_tid": last,
+                    "address": self.advertise,
+                },
+            )
+        except EOFError:
+            # ZEO's server drops a connection that calls a method it lacks.
+            raise ReplicationRefusedError(
+                f"the primary {format_address(self.primary)} closed the "
+                "connection when asked to replicate: it is not a server that "
+                "replicates (a ZEO server refused replicate() so)"
+            ) from None
         self._accept(answer, last)
         async for event in events:
             if isinstance(event, AsyncCall):
