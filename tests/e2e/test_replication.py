@@ -4,6 +4,7 @@ after a lost connection; a pack reaches it; it can be promoted."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -389,3 +390,66 @@ def test_a_zeo_server_is_no_primary(tmp_path: Path) -> None:
 
             error = wait_until(refused, "the replica to give up on ZEO")
             assert "not a server that replicates" in error
+
+
+def test_no_one_sees_a_sync_commit_before_a_replica_has_it(tmp_path: Path) -> None:
+    """The committer's answer, other clients' invalidations and reads all
+    wait for the replica's acknowledgement: a commit the loss of the
+    primary could take back is seen by no one."""
+    storage = file_storage(tmp_path / "primary")
+    with ServerThread({"1": storage}) as address:
+        commit_values(address, ["setup"])
+    with (
+        ServerThread(
+            {"1": file_storage(tmp_path / "primary")},
+            sync_replicas=1,
+            sync_replicas_timeout=30,
+        ) as address,
+        RawClient(address) as fake_replica,
+    ):
+        last = bytes.fromhex(last_tid(address))
+        fake_replica.result("register", "1", True)
+        answer = fake_replica.result(
+            "replicate", {"history": [[1, "00" * 8]], "last_tid": last, "address": ""}
+        )
+        assert answer["verdict"] == "follow"
+        wait_until(
+            lambda: (
+                replication_status(address)["storages"]["1"]["replicas"][0]["state"]
+                == "following"
+            ),
+            "the fake replica to follow",
+        )
+        reader = ZODB.DB(ClientStorage(address, wait_timeout=30))
+        writer = ZODB.DB(ClientStorage(address, wait_timeout=30))
+        try:
+            done = threading.Event()
+
+            def commit() -> None:
+                with writer.transaction() as conn:
+                    conn.root()["value"] = "unconfirmed"
+                done.set()
+
+            committing = threading.Thread(target=commit)
+            committing.start()
+            # The replica is sent the transaction ...
+            tid = fake_replica.async_call("replicate_end").args[0]
+            # ... and until it says it has it, no one else knows of it.
+            time.sleep(0.3)
+            assert not done.is_set()
+            assert last_tid(address) == last.hex()
+            with reader.transaction() as conn:
+                assert "value" not in conn.root()
+            fake_replica.call_async("replicated", tid)
+            assert done.wait(10)
+            committing.join()
+            assert last_tid(address) == tid.hex()
+
+            def reader_sees_it() -> bool:
+                with reader.transaction() as conn:
+                    return bool(conn.root().get("value") == "unconfirmed")
+
+            wait_until(reader_sees_it, "the reader to see the confirmed commit")
+        finally:
+            reader.close()
+            writer.close()

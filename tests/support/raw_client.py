@@ -95,6 +95,25 @@ class RawClient:
         self.sock.sendall(self.connection.call(self._msgid, method, args))
         return self._msgid
 
+    def async_call(self, method: str, timeout: float = 10.0) -> AsyncCall:
+        """The first async call ``method`` the server sent, read for if
+        need be (replies read meanwhile stay in ``events``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in list(self.events):
+                if isinstance(event, AsyncCall):
+                    self.events.remove(event)
+                    self.async_calls.append(event)
+            for call in self.async_calls:
+                if call.method == method:
+                    return call
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {method}() from the server in {timeout} s"
+            self.sock.settimeout(remaining)
+            data = self.sock.recv(65536)
+            assert data, f"the server closed the connection before {method}()"
+            self.events.extend(self.connection.receive_data(data))
+
     def call(self, method: str, *args: Any) -> Any:
         msgid = self.send_call(method, *args)
         event = self.next_event()

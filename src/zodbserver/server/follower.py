@@ -114,14 +114,23 @@ class Follower:
         self._blob: tuple[bytes, bytes, str] | None = None
         #: The commit of the last transaction received (done when idle).
         self.committing: asyncio.Future[None] | None = None
+        self.stopping = False
+        self._task: asyncio.Task[None] | None = None
 
     # -- the task ------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Stop following (``promote``): the task ends at its next step."""
+        self.stopping = True
+        if self._task is not None:
+            self._task.cancel()
+
     async def run(self) -> None:
-        """Follow until cancelled; reconnect when the connection fails."""
+        """Follow until stopped; reconnect when the connection fails."""
+        self._task = asyncio.current_task()
         delay = RETRY_FIRST
         name = self.hosted.name
-        while True:
+        while not self.stopping:
             try:
                 await self._follow()
             except asyncio.CancelledError:
@@ -149,6 +158,10 @@ class Follower:
                 delay = RETRY_MAX
             finally:
                 await self._end_connection()
+            if self.stopping:
+                # A stop whose cancellation an error raised at the same
+                # moment took the place of.
+                break
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 

@@ -142,7 +142,8 @@ class ReplicaLink:
                 reader.restart()
             self._send_packs()
             self._wake.clear()
-            items = await tasks.run_in_thread(reader.read, hosted.last_tid)
+            replication = self._replication
+            items = await tasks.run_in_thread(reader.read, replication.committed_tid)
             if not items:
                 if not self.caught_up:
                     self.caught_up = True
@@ -168,7 +169,9 @@ class ReplicaLink:
                     peer.send_async("replicate_begin", item[1:])
                 else:
                     self.sent = item[1]
-                    peer.send_async("replicate_end", (self.sent, hosted.last_tid))
+                    peer.send_async(
+                        "replicate_end", (self.sent, replication.committed_tid)
+                    )
             await peer.drained()
 
     def _send_packs(self) -> None:
@@ -178,7 +181,7 @@ class ReplicaLink:
 
     def snapshot(self) -> ReplicaSnapshot:
         replication = self._replication
-        last = replication.hosted.last_tid
+        last = replication.committed_tid
         return {
             "label": self.peer.label,
             "address": self.address,
@@ -208,6 +211,9 @@ class Replication:
         self._degraded = False
         #: The tids of recent commits, to count a replica's lag.
         self._recent: list[bytes] = []
+        #: The last transaction in the storage -- finished, if perhaps not
+        #: yet published to clients (a sync commit waits for its replicas).
+        self.committed_tid = hosted.last_tid
 
     @property
     def history(self) -> History:
@@ -237,6 +243,10 @@ class Replication:
     # -- the primary commits and packs ----------------------------------
 
     def committed(self, tid: bytes) -> None:
+        """``tid`` is in the storage: send it to the replicas."""
+        if tid <= self.committed_tid:
+            return
+        self.committed_tid = tid
         recent = self._recent
         recent.append(tid)
         if len(recent) > 2 * RECENT_COMMITS:
@@ -246,7 +256,7 @@ class Replication:
 
     def packed(self, t: float) -> None:
         for link in self.links:
-            link.pack(t, self.hosted.last_tid)
+            link.pack(t, self.committed_tid)
 
     def commits_after(self, tid: bytes) -> int:
         """Commits after ``tid`` among the recent ones counted."""

@@ -133,8 +133,8 @@ class ReplicationControl:
             raise StorageError(
                 "promote: this server is not a replica (it has no replicate-from)"
             )
-        for task in self._tasks.values():
-            task.cancel()
+        for follower in self.followers.values():
+            follower.stop()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for follower in self.followers.values():
             if follower.committing is not None:

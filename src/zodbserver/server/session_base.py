@@ -57,8 +57,8 @@ class SessionBase:
         self.closed = False
         #: Invalidations for tids up to this one are not sent to the client.
         self.last_tid = b""
-        #: Invalidations kept back while its commit's answer waits.
-        self._held_invalidations: list[tuple[bytes, list[bytes]]] | None = None
+        #: Why its commit's replicas did not confirm it (sync-replicas).
+        self._unconfirmed: Exception | None = None
         self.transaction: PendingTransaction | None = None
         self._vote_result: VoteResult | None = None
         self._async_error: Exception | None = None
@@ -98,21 +98,6 @@ class SessionBase:
     def invalidate(self, tid: bytes, oids: list[bytes]) -> None:
         if tid > self.last_tid:
             self.last_tid = tid
-            if self._held_invalidations is not None:
-                self._held_invalidations.append((tid, oids))
-                return
-            self.send_async("invalidateTransaction", (tid, oids))
-
-    def hold_invalidations(self) -> None:
-        """Keep later commits' invalidations back until ``release``: the
-        client's own commit is answered first (it takes its tid from the
-        answer, and the tids it is told must rise)."""
-        if self._held_invalidations is None:
-            self._held_invalidations = []
-
-    def release_invalidations(self) -> None:
-        held, self._held_invalidations = self._held_invalidations, None
-        for tid, oids in held or ():
             self.send_async("invalidateTransaction", (tid, oids))
 
     def close_connection(self, reason: str) -> None:

@@ -25,6 +25,7 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import (
     ConflictError,
     ReadOnlyError,
+    StorageError,
     StorageTransactionError,
 )
 
@@ -332,9 +333,12 @@ class TransactionCalls(SessionBase):
         # thread's queue instead of for a round trip through the loop once
         # the finish is done.  Its vote reply still follows our
         # invalidations: the thread reports back in order, and each result
-        # is handled on the loop in the order it arrives.
-        hosted.commit_lock.release(self)
-        txn.clock.unlocked = txn.clock.now()
+        # is handled on the loop in the order it arrives.  With synchronous
+        # replicas the lock is kept until they have the transaction and it
+        # is published (``_finished``).
+        if not hosted.replication.required:
+            hosted.commit_lock.release(self)
+            txn.clock.unlocked = txn.clock.now()
         return Later(self._finished(txn, vote_result, finishing))
 
     async def _finished(
@@ -350,6 +354,10 @@ class TransactionCalls(SessionBase):
             logger.exception("%s: tpc_finish failed", self.peer.label)
             self._end_transaction()
             raise
+        hosted.replication.committed(tid)
+        if hosted.replication.required:
+            await self._confirm(tid)
+            txn.clock.unlocked = txn.clock.now()
         hosted.stats.commits += 1
         self.commits += 1
         hosted.commit_times.record(
@@ -363,16 +371,22 @@ class TransactionCalls(SessionBase):
         hosted.publish_commit(self, tid, vote_result.invalidated)
         self.send_async("info", (hosted.size_info(),))
         self._end_transaction()
-        if hosted.replication.required:
-            # Acknowledged once on disk on the replicas too (sync-replicas).
-            # Commits made meanwhile are told after the answer: the answer
-            # is written as this returns, the held ones at the next turn.
-            self.hold_invalidations()
-            try:
-                await hosted.replication.confirmed(tid)
-            finally:
-                asyncio.get_running_loop().call_soon(self.release_invalidations)
+        if self._unconfirmed is not None:
+            error, self._unconfirmed = self._unconfirmed, None
+            raise error
         return tid
+
+    async def _confirm(self, tid: bytes) -> None:
+        """Wait, holding the commit lock, until the replicas have ``tid``
+        (sync-replicas): until then no other client is told of it, so no
+        one sees a commit that the loss of the primary would take back.
+        If they do not confirm it in time it is published all the same --
+        it is in the storage -- and the client gets the error."""
+        try:
+            await self._hosted.replication.confirmed(tid)
+        except StorageError as error:
+            logger.error("%s: %s", self.peer.label, error)
+            self._unconfirmed = error
 
     def _finish_in_storage(self, txn: PendingTransaction) -> bytes:
         storage = self.storage
