@@ -278,10 +278,16 @@ class TransactionCalls(SessionBase):
                     conflicts.pop(oid, None)
                     result.invalidated.append(oid)
 
+            # ZEO's client (and ours, as ZEO's) sends a blob's record twice:
+            # as a store and with the blob.  Stored once, the transaction
+            # has one record per object, as FileStorage's index check at
+            # its next start expects of the last transaction.
+            with_blobs = {oid for oid, _, _, _ in txn.blobs}
             for operation in txn.replay():
                 if operation[0] == spool.STORE:
                     _, oid, serial, data = operation
-                    store(oid, serial, data, None)
+                    if oid not in with_blobs:
+                        store(oid, serial, data, None)
                 elif operation[0] == spool.CHECK_READ:
                     _, oid, serial = operation
                     storage.checkCurrentSerialInTransaction(oid, serial, metadata)
