@@ -369,6 +369,20 @@ def test_storea_with_wrong_types_fails_the_vote(
     server.assert_intact((tid,))
 
 
+@pytest.mark.parametrize("undo_id", [b"x" * 1000, b"", b"AAAA"])
+def test_undo_of_an_id_that_is_no_tid_is_an_undo_error(
+    server: Server, undo_id: bytes, no_fatal_errors: None
+) -> None:
+    with server.registered() as client:
+        client.call_async("tpc_begin", 1, b"", b"", {})
+        client.call_async("undoa", undo_id, 1)
+        event = client.call("vote", 1)
+        assert isinstance(event, ErrorReply), event
+        assert event.class_name == "ZODB.POSException.UndoError"
+        assert client.result("tpc_abort", 1) is None
+        assert client.result("ping") is None
+
+
 def test_duplicate_register_is_refused(server: Server, no_fatal_errors: None) -> None:
     with server.registered() as client:
         event = client.call("register", "1", False)

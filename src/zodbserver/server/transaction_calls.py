@@ -27,6 +27,7 @@ from ZODB.POSException import (
     ReadOnlyError,
     StorageError,
     StorageTransactionError,
+    UndoError,
 )
 
 from . import spool
@@ -301,7 +302,7 @@ class TransactionCalls(SessionBase):
                     result.invalidated.append(oid)
                 elif operation[0] == spool.UNDO:
                     _, undo_id = operation
-                    _, oids = storage.undo(undo_id, metadata)
+                    _, oids = _undo(storage, undo_id, metadata)
                     result.invalidated.extend(oids)
                     result.resolved.extend(oids)
             for oid, serial, data, path in txn.blobs:
@@ -487,6 +488,16 @@ class TransactionCalls(SessionBase):
             "waiting_for_lock": lock is not None and lock.is_waiting(self),
             "holds_lock": lock is not None and lock.holder is self,
         }
+
+
+def _undo(storage: Any, undo_id: bytes, metadata: Any) -> tuple[Any, list[bytes]]:
+    """``storage.undo``, with an id it cannot read refused as ``UndoError``
+    (FileStorage asserts that the id decodes to 8 bytes)."""
+    try:
+        tid, oids = storage.undo(undo_id, metadata)
+    except AssertionError:
+        raise UndoError(f"invalid transaction id {undo_id[:40]!r}") from None
+    return tid, list(oids)
 
 
 async def _nothing() -> None:
