@@ -27,6 +27,10 @@ The options are plone.recipe.zeoserver's, with its defaults::
     ssl-authenticate =                  #   clients' certificates chain to,
                                         #   or SERVER-ONLY (<ssl> in zeo.conf)
     access-rules =                      # who may read, write or pack what
+    replicate-from =                    # HOST:PORT: be a read-only replica
+    sync-replicas = 0                   # replicas a commit waits for
+    sync-replicas-timeout =             # seconds; empty: the server's 10
+    sync-replicas-missing =             # fail (the server's default) or async
     pack-days = 1                       # bin/zeopack's default
     pack-gc = true                      # false: packing keeps unreachable objects
     pack-keep-old = true                # false: no Data.fs.old copy when packing
@@ -64,6 +68,11 @@ name; this one is ours).  A commit holding the commit lock longer than
 ``slow-commit-threshold`` seconds is logged.  ``zeo-log-json = true`` writes
 the log as JSON lines (:mod:`zodbserver.logformat`) for log shippers:
 ``zeo-log-format`` does not apply to them, so the two are not given together.
+
+``replicate-from``, ``sync-replicas``, ``sync-replicas-timeout`` and
+``sync-replicas-missing`` are the ``<zeo>`` keys of the same names
+(docs/replication.md): a part with ``replicate-from`` is a replica of the
+server at that address, ``bin/<part> promote`` makes it a primary.
 """
 
 from __future__ import annotations
@@ -202,7 +211,33 @@ class Recipe:
         rules = parsed.text("access-rules")
         if rules:
             zeo.append(f"  access-rules {os.path.join(self.base, rules)}")
-        return zeo + self.ssl_section()
+        return zeo + self.replication_keys() + self.ssl_section()
+
+    def replication_keys(self) -> list[str]:
+        parsed = self.parsed
+        keys = []
+        primary = parsed.text("replicate-from")
+        if primary:
+            address = parsed.address("replicate-from", primary)
+            if address == self.address:
+                raise parsed.fail(
+                    "replicate-from", f"{address} is this server's own zeo-address"
+                )
+            keys.append(f"  replicate-from {address}")
+        required = parsed.integer("sync-replicas", 0)
+        if required:
+            keys.append(f"  sync-replicas {required}")
+        timeout = parsed.number("sync-replicas-timeout", minimum=1)
+        if timeout:
+            keys.append(f"  sync-replicas-timeout {timeout}")
+        missing = parsed.text("sync-replicas-missing")
+        if missing:
+            if missing not in ("fail", "async"):
+                raise parsed.fail(
+                    "sync-replicas-missing", f"expected fail or async, not {missing!r}"
+                )
+            keys.append(f"  sync-replicas-missing {missing}")
+        return keys
 
     def slow_commit_threshold(self) -> str:
         """Seconds, as transaction-timeout takes them; empty when unset."""
