@@ -31,11 +31,10 @@ for _path in (ROOT, ROOT / "tests"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from ZODB.FileStorage import FileStorage  # noqa: E402
 
 from stress.torture import machine_details  # noqa: E402
 from support.catchup import run_catchup  # noqa: E402
-from support.replicas import same_history  # noqa: E402
+from support.replicas import same_files  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "stress" / "results" / "replica_catchup.md"
 
@@ -48,19 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     directory = options.directory or Path(tempfile.mkdtemp(prefix="catchup-"))
     result = run_catchup(directory, options.transactions)
-    storages = [
-        FileStorage(
-            str(directory / name / "Data.fs"),
-            blob_dir=str(directory / name / "blobs"),
-            read_only=True,
-        )
-        for name in ("primary", "replica")
-    ]
-    try:
-        differences = same_history(*storages)
-    finally:
-        for storage in storages:
-            storage.close()
+    differences = same_files(directory / "primary", directory / "replica")
     details = machine_details(directory)
     # The kill came part-way: the restarted replica had the rest to do.
     rate = result.applied / result.seconds

@@ -99,3 +99,21 @@ def _blob_difference(first: Any, second: Any, oid: bytes, tid: bytes) -> list[st
     if os.path.getsize(paths[0]) != os.path.getsize(paths[1]):  # pragma: no cover
         return [f"blob sizes differ: {paths}"]
     return []
+
+
+def same_files(first: Path, second: Path) -> list[str]:
+    """``same_history`` of the FileStorages (``Data.fs`` and ``blobs``) in
+    two directories, opened read-only."""
+    storages = [
+        FileStorage(
+            str(directory / "Data.fs"),
+            blob_dir=str(directory / "blobs"),
+            read_only=True,
+        )
+        for directory in (first, second)
+    ]
+    try:
+        return same_history(*storages)
+    finally:
+        for storage in storages:
+            storage.close()
