@@ -78,12 +78,13 @@ def test_clients_keep_reading_then_write_after_promotion(
     ZODB.DB(ClientStorage(primary_address, wait_timeout=30)).close()  # the root
     wait_caught_up(primary_address, replica_address)
     storage = make(addresses, tmp_path / "blobs")
+    # Either server may answer first; a fallback client goes on looking for
+    # a writable one, and drops the read-only connection (and what was
+    # under way on it) when it finds it.
+    wait_until(lambda: not storage.isReadOnly(), "a writable connection")
     db = ZODB.DB(storage)
     other_kind = "zeo" if kind == "ours" else "ours"
     try:
-        # Either may answer first; a fallback client goes on looking for a
-        # writable one.
-        wait_until(lambda: not storage.isReadOnly(), "a writable connection")
         assert _write(db, "value", "before")
         wait_caught_up(primary_address, replica_address)
         primary.stop()

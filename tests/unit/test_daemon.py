@@ -34,11 +34,12 @@ DAEMON = textwrap.dedent(
         sys.exit(75)
     if mode == "exit":
         sys.exit(1)
-    # Before the report: a stop may follow it at once.
+    # Before the report: a stop may follow it at once, and find the pid
+    # file removed as the process exits.
     signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
-    if mode == "ready":
-        report.ready("somewhere:1")
     try:
+        if mode == "ready":
+            report.ready("somewhere:1")
         time.sleep(60)
     finally:
         lock.release()
