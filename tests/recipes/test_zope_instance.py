@@ -251,7 +251,7 @@ def test_plain_zope_on_the_servers_data_fs_fails_with_the_lock_message(
         ({"user": ":secret"}, "user"),
         ({"zodb-cache-size": "many"}, "zodb-cache-size"),
         ({"debug-mode": "sometimes"}, "debug-mode"),
-        ({"zope-conf": "zope.conf", "user": "admin:secret"}, "user"),
+        ({"zope-conf": "zope.conf", "debug-exceptions": "on"}, "debug-exceptions"),
         ({"zope-conf": "zope.conf", "zodb-cache-size": "9"}, "zodb-cache-size"),
     ],
 )

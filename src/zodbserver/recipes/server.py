@@ -12,7 +12,7 @@ The options are plone.recipe.zeoserver's, with its defaults::
     blob-storage = var/blobstorage           # empty: no blobs
     zeo-log = var/log/<part>.log
     zeo-log-level = INFO
-    zeo-log-format = %(asctime)s %(message)s
+    zeo-log-format = %(asctime)s %(levelname)s %(name)s %(message)s
     zeo-log-json = false                # true: a JSON object a line, UTF-8
     zeo-log-max-size =                  # e.g. 10MB: rotate the log at that size
     zeo-log-old-files = 1               # rotated files kept (with max-size)
@@ -38,6 +38,7 @@ The options are plone.recipe.zeoserver's, with its defaults::
     pid-file = var/<part>.pid
     eggs =                              # distributions the scripts import
     extra-paths =                       # directories put on sys.path
+    initialization =                    # Python run by the scripts first
     relative-paths = false              # default: [buildout] relative-paths
     zeo-conf-additional =               # lines appended to zeo.conf
     zeo-conf =                          # an existing zeo.conf replaces ours
@@ -77,6 +78,7 @@ from ZConfig.components.logger.handlers import log_format as log_format_datatype
 from ZConfig.datatypes import Registry
 
 from ..tls import SERVER_ONLY
+from ._known_options import check_options
 from ._options import PartOptions, egg_locations, python_script, write_file
 
 #: ZConfig's own byte-size datatype: 10MB, 512KB, 1GB or bytes.
@@ -100,7 +102,71 @@ REMOVED = {
 JSON_FORMATTER = "zodbserver.logformat.JSONFormatter"
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "TRACE", "ALL")
-DEFAULT_LOG_FORMAT = "%(asctime)s %(message)s"
+#: The time, the level and the logger before the message, so that ``grep
+#: ERROR`` finds the errors (plone.recipe.zeoserver's default has neither).
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+#: The options this recipe reads (the docstring says what each does).
+KNOWN_OPTIONS = frozenset(
+    {
+        "zeo-address",
+        "monitor-address",
+        "var",
+        "file-storage",
+        "blob-storage",
+        "zeo-log",
+        "zeo-log-level",
+        "zeo-log-format",
+        "zeo-log-json",
+        "zeo-log-max-size",
+        "zeo-log-old-files",
+        "storage-number",
+        "invalidation-queue-size",
+        "read-only",
+        "transaction-timeout",
+        "slow-commit-threshold",
+        "client-conflict-resolution",
+        "ssl-certificate",
+        "ssl-key",
+        "ssl-authenticate",
+        "access-rules",
+        "pack-days",
+        "pack-gc",
+        "pack-keep-old",
+        "zeopack",
+        "zeopack-script-name",
+        "effective-user",
+        "socket-name",
+        "pid-file",
+        "eggs",
+        "extra-paths",
+        "relative-paths",
+        "initialization",
+        "zeo-conf-additional",
+        "zeo-conf",
+        *REMOVED,
+    }
+)
+
+#: plone.recipe.zeoserver options this recipe refuses, and why.
+REFUSED = {
+    "pack-user": "ZEO 4 authentication was removed in ZEO 5; bin/zeopack "
+    "needs no credentials (restrict packing with access-rules)",
+    "pack-password": "ZEO 4 authentication was removed in ZEO 5; bin/zeopack "
+    "needs no credentials (restrict packing with access-rules)",
+    "keep-alive-delay": "a zc.zrs setting; ZRS replication is not configured "
+    "by this recipe",
+    "replicate-from": "ZRS (zc.zrs) replication is not configured by this recipe",
+    "replicate-to": "ZRS (zc.zrs) replication is not configured by this recipe",
+    "repozo": "make bin/repozo with a zc.recipe.egg part (eggs = ZODB, "
+    "scripts = repozo) or collective.recipe.backup",
+    "repozo-script-name": "make bin/repozo with a zc.recipe.egg part (eggs = "
+    "ZODB, scripts = repozo) or collective.recipe.backup",
+    "zeo-log-custom": "write the <eventlog> in a zeo.conf of your own (zeo-conf)",
+    "executable": "the scripts run with the Python that runs buildout",
+    "scripts": "the recipe writes bin/<part> and bin/zeopack only",
+}
 
 
 class Recipe:
@@ -114,6 +180,7 @@ class Recipe:
         for option, advice in REMOVED.items():
             if options.get(option, "").strip():
                 raise self.parsed.fail(option, advice)
+        check_options(self.parsed, "zodbserver:server", KNOWN_OPTIONS, REFUSED)
         base = buildout["buildout"]["directory"]
         self.base = base
         options["location"] = os.path.join(
@@ -421,6 +488,7 @@ class Recipe:
             paths=paths,
             relative_to=self.relative,
             script_directory=self.options["bin-directory"],
+            initialization=self.options.get("initialization", ""),
         )
         return write_file(path, text, executable=True)
 
