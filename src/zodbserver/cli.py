@@ -131,12 +131,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
     else:
         log_file = os.path.join(var, "log", "zeoserver.log")
         directories.append(os.path.dirname(log_file))
+    # The directories of the files the server writes (-f's Data.fs, the pid
+    # file) are made at start, as those of a new --var are.
+    written = [pid_file, *log_files]
+    written += [storage.path for storage in config.storages if storage.path]
+    directories += [os.path.dirname(os.path.abspath(path)) for path in written]
     return Plan(
         config=config,
         var=var,
         pid_file=os.path.abspath(pid_file),
         log_file=os.path.abspath(log_file),
-        directories=tuple(directories),
+        directories=tuple(dict.fromkeys(directories)),
         options=tuple(options),
     )
 

@@ -481,29 +481,51 @@ class Recipe:
         module: str,
         arguments: list[str] | None,
         paths: list[str],
+        prologue: str = "",
     ) -> str:
+        initialization = "\n".join(
+            filter(None, [prologue, self.options.get("initialization", "")])
+        )
         text = python_script(
             module,
             arguments,
             paths=paths,
             relative_to=self.relative,
             script_directory=self.options["bin-directory"],
-            initialization=self.options.get("initialization", ""),
+            initialization=initialization,
         )
         return write_file(path, text, executable=True)
 
-    # -- install --------------------------------------------------------------
-
-    def install(self) -> list[str]:
+    def directories(self) -> list[str]:
+        """The directories of the files the server writes."""
         file_storage, blob_storage, zeo_log, pid_file = self.paths
-        for directory in (
+        candidates = [
             os.path.dirname(file_storage),
             blob_storage,
             os.path.dirname(zeo_log),
             os.path.dirname(pid_file),
-        ):
-            if directory:
-                os.makedirs(directory, exist_ok=True)
+        ]
+        return list(dict.fromkeys(path for path in candidates if path))
+
+    def make_directories_code(self) -> str:
+        """Python for bin/<part>: make the var directories of a zeo.conf
+        written here, which ZConfig requires to exist, so that a wiped var/
+        starts as a new one does."""
+        if self.options["zeo-conf-path"] != self.zeo_conf_path:
+            return ""
+        return "\n".join(
+            [
+                "# zeo.conf names these; a wiped var/ gets them back.",
+                f"for directory in {self.directories()!r}:",
+                "    os.makedirs(directory, exist_ok=True)",
+            ]
+        )
+
+    # -- install --------------------------------------------------------------
+
+    def install(self) -> list[str]:
+        for directory in self.directories():
+            os.makedirs(directory, exist_ok=True)
         installed = [self.options["location"]]
         conf = self.options["zeo-conf-path"]
         if conf == self.zeo_conf_path:
@@ -511,7 +533,13 @@ class Recipe:
         paths = self.script_paths()
         script = os.path.join(self.options["bin-directory"], self.name)
         installed.append(
-            self.write_script(script, "zodbserver.cli", self.server_arguments, paths)
+            self.write_script(
+                script,
+                "zodbserver.cli",
+                self.server_arguments,
+                paths,
+                prologue=self.make_directories_code(),
+            )
         )
         if self.zeopack is not None:
             path, custom, arguments = self.zeopack
