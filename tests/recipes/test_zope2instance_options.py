@@ -266,3 +266,28 @@ def test_missing_egg_fails_naming_eggs(tmp_path: Path) -> None:
     buildout["buildout"]["offline"] = "true"
     with pytest.raises(zc.buildout.UserError, match=r"\[client1\] eggs: "):
         instance.Recipe(buildout, "client1", {"eggs": "no.such.distribution"})
+
+
+def test_plone_backend_clientstorage_keys_are_accepted() -> None:
+    """plone/plone-backend's client keys, drop-cache-rather-verify included,
+    in our ``<clientstorage>``."""
+    import ZODB.config
+
+    storage = ZODB.config.storageFromString(
+        "%import zodbserver\n"
+        "<clientstorage>\n"
+        "  server 127.0.0.1:1\n"
+        "  name zeostorage\n"
+        "  storage 1\n"
+        "  read-only false\n"
+        "  read-only-fallback false\n"
+        "  shared-blob-dir false\n"
+        "  cache-size 128MB\n"
+        "  drop-cache-rather-verify true\n"
+        "  wait false\n"
+        "</clientstorage>\n"
+    )
+    try:
+        assert storage.getName() == "zeostorage"
+    finally:
+        storage.close()

@@ -1,27 +1,64 @@
 """``recipe = zodbserver:instance``: a client instance serving HTTP.
 
-Options (plone.recipe.zope2instance's names for the ZEO client part)::
+Options (plone.recipe.zope2instance's names and meanings)::
 
     [instance]
     recipe = zodbserver:instance
     zeo-address = 8100               # one or several (whitespace-separated)
-    http-address = 8080              # PORT (on 127.0.0.1) or HOST:PORT
-    storage = 1                      # the storage name on the server
+    zeo-client = on                  # always on: the instance is a client
+    http-address = 8080              # PORT (on ip-address) or HOST:PORT
+    ip-address = 127.0.0.1           # the host of a bare http-address port
+    http-fast-listen = on            # listen before the application loads
+    threads = 4                      # request threads (old name:
+                                     #   zserver-threads)
+    max-request-body-size = 1073741824
+    http-header-max-length = 262144  # bytes of request headers
+    clear-untrusted-proxy-headers = false
+    storage = 1                      # the storage name on the server (or
+                                     #   zeo-storage, zope2instance's name)
     blob-storage = var/blobcache-<part>   # the client's blob cache / dir
     shared-blob = false              # true: blob-storage is the server's dir
     zeo-client-cache-size = 30MB
-    zeo-client-client =              # a name: persistent cache files
+    zeo-client-client =              # a name: persistent cache files, in
+    zeo-var = var                    #   this directory
     zeo-client-blob-cache-size =     # e.g. 1GB
+    zeo-client-blob-cache-size-check =    # percent of it (10)
+    zeo-client-drop-cache-rather-verify = # accepted: a cache too old to
+                                     #   bring up to date is dropped anyway
+    zeo-client-name =                # a label for the client in the log
+    zeo-client-server-sync = false   # true: each transaction sees every
+                                     #   commit that finished before it
+    min-disconnect-poll =            # seconds between reconnect attempts,
+    max-disconnect-poll =            #   from the first to the longest
     read-only = false
     zeo-client-read-only-fallback = false
     application = zodbserver.instance.demo:application
     conflict-retries = 3
     var = ${buildout:directory}/var
+    pid-file = var/<part>.pid
+    event-log = var/log/<part>.log   # also the output of bin/<part> start
+    event-log-level = INFO
+    access-log = var/log/<part>-access.log    # or z2-log; disable: none
+    access-log-max-size =            # e.g. 10MB: rotate at that size,
+    access-log-old-files = 1         #   keeping this many old files
+    environment-vars =               # NAME VALUE a line (or pairs on one)
+    deprecation-warnings =           # on: shown, off: ignored
+    zopectl-umask =                  # e.g. 022
     zodb-cache-size =                # objects per connection (ZODB's 5000)
+    zodb-cache-size-bytes =          # and/or bytes per connection
+    eggs =                           # distributions on the script's path
+    extra-paths =                    # directories on the script's path
+    relative-paths = false
+    initialization =                 # Python run by bin/<part> first
     ssl-certificate =                # TLS: this client's certificate,
     ssl-key =                        #   its key, the CA the server's
     ssl-authenticate =               #   certificate chains to, and the
     ssl-server-hostname =            #   name it has (<ssl> in zodb.conf)
+
+Every other option fails the buildout, naming it: the zope2instance
+options without a meaning here (other storages, ZServer's servers,
+logging handlers, wsgi.ini templates, ZCML slugs) say what to do
+instead (``_known_options``).
 
 The application is a WSGI application (``module:callable``, or an entry
 point ``egg:DIST#NAME`` in the ``zodbserver.application`` group) that finds
@@ -31,15 +68,24 @@ connection and one transaction per request (see ``instance.wsgi``).
 
 Writes ``parts/<part>/etc/zodb.conf`` (a ZConfig ``<zodb>`` section, the
 same one a ``zope.conf`` would hold), ``parts/<part>/etc/instance.json``
-and ``bin/<part>`` (fg, start, stop, status).
+and ``bin/<part>`` (fg, start, stop, status).  The directories of the var
+tree are made again by ``bin/<part> fg`` and ``start``, so a wiped var/
+starts as buildout left it.
 
 ``application = zope`` serves a real Zope instead (the ``Zope``
-distribution, installed with ``zodbserver[zope]``), with
-plone.recipe.zope2instance's options for it::
+distribution, installed with ``zodbserver[zope]``; Plone with ``eggs =
+Plone``), with plone.recipe.zope2instance's options for it::
 
     user = admin:secret              # the initial manager (inituser)
     zodb-cache-size = 30000          # objects per connection
     debug-mode = off
+    debug-exceptions = off
+    verbose-security = off           # on: the Python security policy, verbose
+    python-check-interval =
+    default-zpublisher-encoding =
+    client-home = var/<part>
+    template-cache = on              # Chameleon's cache in var/cache
+    zope-conf-imports =              # %import lines
     zope-conf-additional =           # lines appended to zope.conf
     zope-conf =                      # or: this zope.conf, used as it is
 
@@ -47,8 +93,10 @@ The part's directory is the Zope instance home: ``etc/zope.conf`` holds
 ``%import zodbserver`` and a ``<zodb_db main>`` (mount point ``/``) whose
 storage is the same ``<clientstorage>`` as ``zodb.conf``'s; ``inituser``
 holds the initial manager (salted SHA-1, as Zope reads it; Zope removes
-the file once the user exists); the client home is ``var/<part>``.  Zope
-runs its own transaction per request, so it is not wrapped in ours.
+the file once the user exists, and ``bin/<part> start`` writes it again,
+so that a new database gets the manager); the client home is
+``var/<part>``.  ``user`` works with ``zope-conf`` too.  Zope runs its
+own transaction per request, so it is not wrapped in ours.
 """
 
 from __future__ import annotations
