@@ -231,11 +231,16 @@ def test_template_cache(tmp_path: Path) -> None:
 
 
 def test_user_with_zope_conf_writes_inituser(tmp_path: Path) -> None:
-    (tmp_path / "zope.conf").write_text("instancehome /nowhere\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "zope.conf").write_text(
+        f"%define INSTANCE {home}\ninstancehome $INSTANCE\n"
+    )
     settings = install(
         tmp_path, application="zope", user="admin:secret", **{"zope-conf": "zope.conf"}
     )
-    inituser = tmp_path / "parts" / "client1" / "inituser"
+    # Where Zope reads it: the instance home of that zope.conf.
+    inituser = home / "inituser"
     assert inituser.read_text().startswith("admin:{SSHA}")
     assert settings["inituser"]["path"] == str(inituser)
     assert settings["zope-conf"] == str(tmp_path / "zope.conf")
