@@ -513,10 +513,19 @@ class Recipe:
         starts as a new one does."""
         if self.options["zeo-conf-path"] != self.zeo_conf_path:
             return ""
+        bin_directory = self.options["bin-directory"]
+        inside = os.path.join(os.path.abspath(self.base), "")
+
+        def spell(path: str) -> str:
+            if self.relative is None or not os.path.join(path, "").startswith(inside):
+                return repr(path)
+            return f"here({os.path.relpath(path, bin_directory)!r})"
+
+        listing = ", ".join(spell(path) for path in self.directories())
         return "\n".join(
             [
                 "# zeo.conf names these; a wiped var/ gets them back.",
-                f"for directory in {self.directories()!r}:",
+                f"for directory in [{listing}]:",
                 "    os.makedirs(directory, exist_ok=True)",
             ]
         )
