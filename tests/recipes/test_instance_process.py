@@ -11,11 +11,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from support.waiting import read_until
 
 from .conftest import Pids, buildout_header, free_port, run_buildout
 from .test_buildout_deployment import request
@@ -46,6 +51,19 @@ def application(environ, start_response):
     return [body]
 """
 
+#: An application whose import takes LOAD_SECONDS, as a big site's does.
+LOAD_SECONDS = 6.0
+SLOW_APPLICATION = f"""
+import time
+
+time.sleep({LOAD_SECONDS})
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"loaded"]
+"""
+
 #: One line of the combined log format: host, ident, user, [time], "request",
 #: status, size, "referrer", "user agent".
 COMBINED = re.compile(
@@ -58,6 +76,8 @@ COMBINED = re.compile(
 class Deployment:
     directory: Path
     http: int
+    #: http-fast-listen on and off, for an application slow to load.
+    slow_ports: dict[str, int]
 
     def bin(self, script: str, command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -77,8 +97,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     directory = tmp_path_factory.mktemp("instance-process")
     (directory / "src").mkdir()
     (directory / "src" / "probe.py").write_text(PROBE)
+    (directory / "src" / "slowapp.py").write_text(SLOW_APPLICATION)
     zeo_port, http = free_port(), free_port()
-    config = buildout_header("zeoserver client1")
+    slow_ports = {"fast-on": free_port(), "fast-off": free_port()}
+    config = buildout_header("zeoserver client1 fast-on fast-off")
     config += f"""
 [zeoserver]
 recipe = zodbserver:server
@@ -96,9 +118,19 @@ environment-vars =
     GREETING hello world
 initialization = import os; os.environ["INITIALIZED"] = "yes"
 """
+    for name, port in slow_ports.items():
+        config += f"""
+[{name}]
+recipe = zodbserver:instance
+zeo-address = ${{zeoserver:zeo-address}}
+http-address = {port}
+application = slowapp:application
+extra-paths = src
+http-fast-listen = {name.removeprefix("fast-")}
+"""
     result = run_buildout(directory, config)
     assert result.returncode == 0, result.stdout + result.stderr
-    return Deployment(directory, http)
+    return Deployment(directory, http, slow_ports)
 
 
 @pytest.fixture
@@ -174,3 +206,52 @@ def test_wiped_var_starts_again(deployment: Deployment, pids: Pids) -> None:
     assert (var / "filestorage" / "Data.fs").exists()
     assert (var / "log" / "client1-access.log").exists()
     stop_all(deployment, pids)
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("part", "listens_early"), [("fast-on", True), ("fast-off", False)]
+)
+def test_http_fast_listen(
+    deployment: Deployment, pids: Pids, part: str, listens_early: bool
+) -> None:
+    """On: the port accepts while the application loads, and a request made
+    then is answered once it has loaded.  Off: the port opens after."""
+    var = deployment.directory / "var"
+    pids.watch(var / "zeoserver.pid")
+    started = deployment.bin("zeoserver", "start")
+    assert started.returncode == 0, started.stderr
+    port = deployment.slow_ports[part]
+    launched = time.monotonic()
+    with subprocess.Popen(
+        [str(deployment.directory / "bin" / part), "fg"],
+        cwd=deployment.directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        try:
+            early = read_until(lambda: accepts(port), timeout=LOAD_SECONDS * 2 / 3)
+            assert time.monotonic() - launched < LOAD_SECONDS
+            assert early is listens_early
+            status, body = read_until(
+                lambda: (
+                    request("GET", f"http://127.0.0.1:{port}/")
+                    if accepts(port)
+                    else (0, b"")
+                ),
+                lambda answer: answer[0] == 200,
+                timeout=60,
+                interval=0.2,
+            )
+            assert (status, body) == (200, b"loaded")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+    assert deployment.bin("zeoserver", "stop").returncode == 0
