@@ -388,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the server in this process, logging to stderr unless zeo.conf "
         "has an <eventlog>. For systemd, supervisord and containers. "
         "SIGTERM/SIGINT stop it (exit 0); SIGHUP exits 1 to be restarted; "
-        "SIGUSR2 reopens the log files.",
+        "SIGUSR2 reopens the log files. The plone/plone-zeo image's "
+        "variables apply when set: ZEO_PORT (listen on 0.0.0.0:PORT), "
+        "ZEO_READ_ONLY, ZEO_INVALIDATION_QUEUE_SIZE, ZEO_PACK_KEEP_OLD.",
     )
     fg.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)
     fg.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
