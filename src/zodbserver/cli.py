@@ -2,6 +2,7 @@
 
     zeoserver [OPTIONS] fg | start | stop | restart | reload | status | logtail
                         | promote | rejoin
+    zeoserver [OPTIONS] pack [ZEOPACK ARGUMENTS]
 
 The options say which server: ``-C zeo.conf``, or ``-a ADDRESS`` and
 ``-f Data.fs`` on their own, with ``--var DIR`` (default ``./var``) holding
@@ -41,8 +42,9 @@ import sys
 from collections.abc import Sequence
 
 from . import daemon
-from .addresses import parse_address
+from .addresses import format_address, parse_address
 from .config import ServerConfig, filestorage, load_config, msgpack_from_environment
+from .container import apply_environment
 from .errors import ConfigurationError
 from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from .foreground import PROGRAM, Plan, daemon_argv, serve
@@ -76,14 +78,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
             settings=ServerSettings(msgpack=msgpack_from_environment()),
             storages=(),
         )
+    blob_dirs = [os.path.abspath(path) for path in args.blob_dir or ()]
+    if blob_dirs and len(blob_dirs) > len(args.filename or ()):
+        raise ConfigurationError(
+            "--blob-dir: each gives the blobs of one -f storage, in order; "
+            f"{len(blob_dirs)} for {len(args.filename or ())} -f"
+        )
     if args.filename:
         paths = [os.path.abspath(path) for path in args.filename]
+        blobs_of = dict(zip(paths, blob_dirs, strict=False))
         storages = tuple(
-            filestorage(str(number), path) for number, path in enumerate(paths, 1)
+            filestorage(str(number), path, blobs_of.get(path))
+            for number, path in enumerate(paths, 1)
         )
         config = config.replace(storages=storages)
         for path in paths:
             options += ["-f", path]
+        for blob_dir in blob_dirs:
+            options += ["--blob-dir", blob_dir]
     elif not args.configure:
         data_fs = os.path.join(var, "filestorage", "Data.fs")
         blobs = os.path.join(var, "blobstorage")
@@ -138,12 +150,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
     else:
         log_file = os.path.join(var, "log", "zeoserver.log")
         directories.append(os.path.dirname(log_file))
+    # The directories of the files the server writes (-f's Data.fs, the pid
+    # file) are made at start, as those of a new --var are.
+    written = [pid_file, *log_files]
+    written += [storage.path for storage in config.storages if storage.path]
+    directories += [os.path.dirname(os.path.abspath(path)) for path in written]
     return Plan(
         config=config,
         var=var,
         pid_file=os.path.abspath(pid_file),
         log_file=os.path.abspath(log_file),
-        directories=tuple(directories),
+        directories=tuple(dict.fromkeys(directories)),
         options=tuple(options),
     )
 
@@ -282,6 +299,15 @@ def _server_options(suppress: bool) -> argparse.ArgumentParser:
         "replaces the storages of -C; default VAR/filestorage/Data.fs",
     )
     group.add_argument(
+        "--blob-dir",
+        metavar="DIR",
+        action="append",
+        default=default(None),
+        help="the blob directory of the storage of the -f given in the same "
+        "place (the first --blob-dir for the first -f, ...); without it that "
+        "storage has no blobs",
+    )
+    group.add_argument(
         "-t",
         "--transaction-timeout",
         metavar="SECONDS",
@@ -378,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the server in this process, logging to stderr unless zeo.conf "
         "has an <eventlog>. For systemd, supervisord and containers. "
         "SIGTERM/SIGINT stop it (exit 0); SIGHUP exits 1 to be restarted; "
-        "SIGUSR2 reopens the log files.",
+        "SIGUSR2 reopens the log files. The plone/plone-zeo image's "
+        "variables apply when set: ZEO_PORT (listen on 0.0.0.0:PORT), "
+        "ZEO_READ_ONLY, ZEO_INVALIDATION_QUEUE_SIZE, ZEO_PACK_KEEP_OLD.",
     )
     fg.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)
     fg.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -465,6 +493,19 @@ def build_parser() -> argparse.ArgumentParser:
     logtail.add_argument(
         "--no-follow", action="store_true", help="print and exit, do not follow"
     )
+    pack = commands.add_parser(
+        "pack",
+        help="pack a storage of a running server (the zeopack command)",
+        description="Run zeopack with the arguments that follow 'pack' "
+        "('zeoserver pack --help' shows them); the server options given "
+        "before 'pack' (-C, -a) name the server to pack when the arguments "
+        "name none.",
+        add_help=False,
+        # Every argument after "pack" is zeopack's, even those spelt like
+        # the server options (-t, -a): none is an option here.
+        prefix_chars="\x00",
+    )
+    pack.add_argument("zeopack_arguments", nargs="*", metavar="ZEOPACK-ARGUMENT")
     return parser
 
 
@@ -522,6 +563,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         user = None if args.user is None else find_user(args.user)
         plan = make_plan(args)
+        if args.command == "fg":
+            plan = apply_environment(
+                plan,
+                os.environ,
+                address_given=text is not None,
+                read_only_given=args.read_only,
+            )
     except ConfigurationError as error:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -553,7 +601,21 @@ def main(argv: list[str] | None = None) -> int:
         return rejoin(plan.config, dry_run=args.dry_run)
     if args.command == "logtail":
         return _logtail(plan, args.lines, follow=not args.no_follow)
+    if args.command == "pack":
+        return _pack(plan, args)
     raise AssertionError(args.command)
+
+
+def _pack(plan: Plan, args: argparse.Namespace) -> int:
+    """``zeoserver pack ARGS``: zeopack, aimed at the server the options name."""
+    from . import zeopack
+
+    arguments: list[str] = []
+    if args.configure or args.address_text is not None:
+        arguments += ["-a", format_address(plan.config.settings.address)]
+        if len(plan.config.storages) == 1:
+            arguments += ["-S", plan.config.storages[0].name]
+    return zeopack.main([*arguments, *args.zeopack_arguments])
 
 
 def _print_figures(plan: Plan) -> int:

@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import ZODB.interfaces
 
 from .addresses import Address, format_address
 from .config import ServerConfig, open_storages
@@ -88,6 +91,7 @@ def serve(plan: Plan, *, daemon: bool, ready_fd: int | None) -> int:
     else:
         names = ", ".join(repr(name) for name in storages)
         log.info("serving storage(s) %s; pid %d", names, os.getpid())
+        _warn_without_blobs(storages)
         try:
             status = run(
                 plan.config.settings,
@@ -110,6 +114,17 @@ def serve(plan: Plan, *, daemon: bool, ready_fd: int | None) -> int:
         reporter.close()
         if restart:
             _reexec(plan)
+
+
+def _warn_without_blobs(storages: Mapping[str, Any]) -> None:
+    for name, storage in storages.items():
+        if not ZODB.interfaces.IBlobStorage.providedBy(storage):
+            log.warning(
+                "storage %r has no blob directory: commits with blobs will "
+                "fail; give it one (blob-dir in its zeo.conf section, "
+                "--blob-dir with -f)",
+                name,
+            )
 
 
 def daemon_argv(plan: Plan) -> list[str]:

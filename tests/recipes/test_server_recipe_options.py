@@ -88,15 +88,22 @@ def make_log_handler(directory: Path) -> logging.Handler:
     return handler
 
 
-def test_log_format_defaults_to_plones(tmp_path: Path) -> None:
+DEFAULT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def test_log_format_default_carries_the_level(tmp_path: Path) -> None:
     conf = install_server(tmp_path)
-    assert "    format %(asctime)s %(message)s\n" in conf
+    assert f"    format {DEFAULT_FORMAT}\n" in conf
     assert "max-size" not in conf
     handler = make_log_handler(tmp_path)
     try:
         assert not isinstance(handler, logging.handlers.RotatingFileHandler)
         assert handler.formatter is not None
-        assert handler.formatter._fmt == "%(asctime)s %(message)s"
+        assert handler.formatter._fmt == DEFAULT_FORMAT
+        record = logging.LogRecord(
+            "zodbserver.server", logging.ERROR, __file__, 1, "disk full", (), None
+        )
+        assert " ERROR zodbserver.server disk full" in handler.format(record)
     finally:
         handler.close()
 
@@ -197,7 +204,7 @@ def test_log_json_names_the_json_formatter(tmp_path: Path) -> None:
 
 def test_log_json_false_keeps_the_text_format(tmp_path: Path) -> None:
     conf = install_server(tmp_path, **{"zeo-log-json": "false"})
-    assert "    format %(asctime)s %(message)s\n" in conf
+    assert f"    format {DEFAULT_FORMAT}\n" in conf
     assert "formatter" not in conf
     assert install_server(tmp_path) == conf
 

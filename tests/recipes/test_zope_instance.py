@@ -13,6 +13,7 @@ import base64
 import http.client
 import io
 import os
+import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -251,7 +252,7 @@ def test_plain_zope_on_the_servers_data_fs_fails_with_the_lock_message(
         ({"user": ":secret"}, "user"),
         ({"zodb-cache-size": "many"}, "zodb-cache-size"),
         ({"debug-mode": "sometimes"}, "debug-mode"),
-        ({"zope-conf": "zope.conf", "user": "admin:secret"}, "user"),
+        ({"zope-conf": "zope.conf", "debug-exceptions": "on"}, "debug-exceptions"),
         ({"zope-conf": "zope.conf", "zodb-cache-size": "9"}, "zodb-cache-size"),
     ],
 )
@@ -326,3 +327,27 @@ def test_zodb_cache_size_of_a_plain_instance(tmp_path: Path) -> None:
     config, _ = ZConfig.loadConfigFile(schema, io.StringIO(zodb_conf))
     assert config.database.config.cache_size == 1234
     assert "zope.conf" not in os.listdir(tmp_path / "parts" / "client1" / "etc")
+
+
+def test_wiped_var_gets_a_new_database_with_the_manager(
+    zope_buildout: ZopeBuildout, pids: Pids
+) -> None:
+    """Zope deletes inituser once it made the user; ``start`` writes it
+    again, so a new database (var/ wiped) gets the manager of ``user``."""
+    directory = zope_buildout.directory
+    watch_all(pids, zope_buildout)
+    shutil.rmtree(directory / "var")
+    try:
+        assert run_bin(directory, "zeoserver", "start").returncode == 0
+        started = run_bin(directory, "client1", "start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        status, _ = http_request(
+            zope_buildout.http1, "GET", "/manage_main", user=MANAGER
+        )
+        assert status == 200
+        assert not (directory / "parts" / "client1" / "inituser").exists()
+        assert run_bin(directory, "client1", "stop").returncode == 0
+        assert run_bin(directory, "zeoserver", "stop").returncode == 0
+        assert pids.alive() == []
+    finally:
+        pids.kill_all()

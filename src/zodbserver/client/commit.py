@@ -50,6 +50,15 @@ BATCH_CALLS = 128
 BATCH_BYTES = MB
 
 
+#: A blob committed to a server storage without a blob directory.
+NO_SERVER_BLOBS = (
+    "storage {!r} on the server has no blob directory, so it cannot store "
+    "blobs: give it one (blob-dir in its section of zeo.conf, blob-storage "
+    "in a zodbserver:server buildout part, --blob-dir with zeoserver -f) "
+    "and restart the server"
+)
+
+
 class CommitBuffer:
     """What one transaction stored, for updating the cache at the end."""
 
@@ -106,6 +115,9 @@ class TwoPhaseCommit(ConflictResolvingStorage):
     _transaction: Any
     _buffer: CommitBuffer | None
     _iterator_gc: Callable[[], None]
+    #: False while the server's storage has no blob directory (set on the
+    #: connection thread at each connect, read by application threads).
+    _server_blobs: bool = True
 
     def isReadOnly(self) -> bool:
         return self._manager.state.read_only
@@ -239,6 +251,8 @@ class TwoPhaseCommit(ConflictResolvingStorage):
     ) -> None:
         assert not version
         blobs = self._blob_files()
+        if not self._server_blobs:
+            raise POSException.Unsupported(NO_SERVER_BLOBS.format(self._storage))
         buffer = self._check_trans(txn, "storeBlob")
         path = blobs.adopt(oid, serial or b"\0" * 8, blobfilename)
         buffer.blobs.append((oid, path))

@@ -32,7 +32,7 @@ from ..errors import ConfigurationError
 from .blobs import BlobFiles
 from .cache import ClientCache
 from .cache_file import CacheFile, cache_path
-from .commit import MB, CommitBuffer, TwoPhaseCommit
+from .commit import MB, NO_SERVER_BLOBS, CommitBuffer, TwoPhaseCommit
 from .connection import ClientThread
 from .exceptions import ClientDisconnected
 from .iterators import IteratorRegistry, TransactionIterator
@@ -190,12 +190,21 @@ class ClientStorage(TwoPhaseCommit):
         # ``state`` is passed: the first connection may be made before the
         # constructor has even stored the manager.
         interfaces = {tuple(item) for item in state.info.get("interfaces", ())}
-        optional: tuple[Any, ...] = _OPTIONAL_INTERFACES
-        if self._blobs is not None:
-            optional += (ZODB.interfaces.IBlobStorage,)
-        for iface in optional:
+        for iface in _OPTIONAL_INTERFACES:
             if (iface.__module__, iface.__name__) in interfaces:
                 zope.interface.alsoProvides(self, iface)
+        if self._blobs is not None:
+            # A blob cache makes this a blob storage even when the server's
+            # storage has none, so that a blob commit reaches storeBlob and
+            # fails saying what is missing (ZODB's own refusal does not).
+            blob_storage = ZODB.interfaces.IBlobStorage
+            self._server_blobs = (
+                blob_storage.__module__,
+                blob_storage.__name__,
+            ) in interfaces
+            zope.interface.alsoProvides(self, blob_storage)
+            if not self._server_blobs:
+                logger.warning(NO_SERVER_BLOBS.format(self._storage))
         if self._db is not None:
             self._db.invalidateCache()
         self._set_connected(True)

@@ -26,7 +26,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
+import warnings
 from typing import Any
 
 from ZODB.POSException import ConflictError
@@ -35,6 +37,7 @@ from .. import daemon
 from ..errors import ZodbServerError
 from ..exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_TRY_AGAIN
 from ..pidfile import AlreadyRunningError, PidFile, probe
+from .access_log import AccessLog, open_access_log
 from .wsgi import load_settings, make_app
 
 PROGRAM = "instance"
@@ -70,11 +73,20 @@ def main(argv: list[str] | None = None) -> int:
 def fg(config_path: str, settings: dict[str, Any], ready_fd: int | None = None) -> int:
     """Serve until SIGTERM or SIGINT; tell a waiting ``start`` how it went."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.get("log-level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     report = daemon.ReportPipe(ready_fd)
     pid_file = PidFile(settings["pid-file"])
     try:
+        try:
+            prepare(settings)
+        except OSError as error:
+            return _failed(
+                report,
+                f"instance cannot prepare {error.filename}: {error.strerror}",
+                EXIT_FAILURE,
+            )
         try:
             pid_file.acquire()
         except AlreadyRunningError as error:
@@ -91,10 +103,71 @@ def fg(config_path: str, settings: dict[str, Any], ready_fd: int | None = None) 
         report.close()
 
 
+def prepare(settings: dict[str, Any]) -> None:
+    """What the process needs before the application starts.
+
+    The umask, the warnings filter, the directories of the var tree (a
+    wiped ``var/`` comes back as buildout made it) and Zope's ``inituser``,
+    which Zope deletes once it has made the user: written again when the
+    part has ``user``, so that a new database gets its manager.
+    """
+    if settings.get("umask") is not None:
+        os.umask(settings["umask"])
+    if settings.get("deprecation-warnings"):
+        warnings.simplefilter(settings["deprecation-warnings"], DeprecationWarning)
+    for directory in settings.get("directories", ()):
+        os.makedirs(directory, exist_ok=True)
+    inituser = settings.get("inituser")
+    if inituser and not os.path.exists(inituser["path"]):
+        fd = os.open(inituser["path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(inituser["text"])
+
+
+def _listen(settings: dict[str, Any]) -> socket.socket:
+    """The HTTP socket, bound and listening (waitress's backlog)."""
+    host, port = settings["http-host"], settings["http-port"]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _serve(
     config_path: str, settings: dict[str, Any], report: daemon.ReportPipe
 ) -> tuple[int, str | None]:
-    """Make the application and serve it; the exit status and the problem."""
+    """Make the application and serve it; the exit status and the problem.
+
+    With ``fast-listen`` (plone.recipe.zope2instance's ``http-fast-listen``,
+    on by default) the port listens before the application is made, so
+    that early requests wait in the backlog instead of being refused.
+    """
+    host, port = settings["http-host"], settings["http-port"]
+    sock = None
+    try:
+        if settings.get("fast-listen"):
+            sock = _listen(settings)
+    except OSError as error:
+        return EXIT_FAILURE, f"instance cannot listen on {host}:{port}: {error}"
+    try:
+        return _serve_on(config_path, settings, report, sock)
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _serve_on(
+    config_path: str,
+    settings: dict[str, Any],
+    report: daemon.ReportPipe,
+    sock: socket.socket | None,
+) -> tuple[int, str | None]:
     import waitress
 
     try:
@@ -108,7 +181,27 @@ def _serve(
         )
     try:
         host, port = settings["http-host"], settings["http-port"]
-        server: Any = waitress.create_server(app, host=host, port=port)
+        served: Any = app
+        if settings.get("access-log"):
+            logger = open_access_log(
+                settings["access-log"],
+                settings.get("access-log-max-size", 0),
+                settings.get("access-log-old-files", 1),
+            )
+            served = AccessLog(app, logger)
+        where: dict[str, Any] = (
+            {"sockets": [sock]} if sock is not None else {"host": host, "port": port}
+        )
+        server: Any = waitress.create_server(
+            served,
+            threads=settings.get("threads", 4),
+            max_request_body_size=settings.get("max-request-body-size", 1073741824),
+            max_request_header_size=settings.get("max-request-header-size", 262144),
+            clear_untrusted_proxy_headers=settings.get(
+                "clear-untrusted-proxy-headers", False
+            ),
+            **where,
+        )
 
         def shut_down(signum: int, frame: Any) -> None:
             raise SystemExit(EXIT_OK)

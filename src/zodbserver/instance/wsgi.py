@@ -32,7 +32,9 @@ import importlib.metadata
 import io
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -180,6 +182,12 @@ def resolve(dotted: str) -> Any:
     return target
 
 
+def set_environment(environment: dict[str, str]) -> None:
+    os.environ.update(environment)
+    if "TZ" in environment:
+        time.tzset()
+
+
 def load_settings(config_path: str) -> dict[str, Any]:
     with open(config_path) as file:
         settings: dict[str, Any] = json.load(file)
@@ -197,8 +205,14 @@ class InstanceApplication(Protocol):
 
 
 def make_app(config_path: str) -> InstanceApplication:
-    """The WSGI application an instance serves, built from its config file."""
+    """The WSGI application an instance serves, built from its config file.
+
+    The part's ``environment-vars`` are set in ``os.environ`` first (and the
+    time zone reread when they set ``TZ``), before the application imports
+    anything that reads them.
+    """
     settings = load_settings(config_path)
+    set_environment(settings.get("environment") or {})
     if settings["application"] == ZOPE_APPLICATION:
         from .zope_app import make_zope_app
 

@@ -106,6 +106,7 @@ def python_script(
     paths: Sequence[str] = (),
     relative_to: str | None = None,
     script_directory: str | None = None,
+    initialization: str = "",
 ) -> str:
     """A script running ``module.main(ARGUMENTS + sys.argv[1:])``.
 
@@ -121,7 +122,8 @@ def python_script(
     (where the script goes), paths and arguments inside the buildout
     directory are written relative to the script's own location, as
     zc.buildout does for ``relative-paths = true``; the others stay
-    absolute.
+    absolute.  ``initialization`` is Python code run before ``main``, as
+    zc.recipe.egg's option of that name.
     """
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     entries = list(dict.fromkeys([*paths, package_parent]))
@@ -169,6 +171,7 @@ def python_script(
         "    paths + ([inherited] if inherited else [])",
         ")",
         "",
+        *([initialization.strip("\n"), ""] if initialization.strip() else []),
         f"from {module} import main  # noqa: E402",
         "",
         f"sys.exit({call})",

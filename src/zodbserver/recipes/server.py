@@ -12,7 +12,7 @@ The options are plone.recipe.zeoserver's, with its defaults::
     blob-storage = var/blobstorage           # empty: no blobs
     zeo-log = var/log/<part>.log
     zeo-log-level = INFO
-    zeo-log-format = %(asctime)s %(message)s
+    zeo-log-format = %(asctime)s %(levelname)s %(name)s %(message)s
     zeo-log-json = false                # true: a JSON object a line, UTF-8
     zeo-log-max-size =                  # e.g. 10MB: rotate the log at that size
     zeo-log-old-files = 1               # rotated files kept (with max-size)
@@ -42,6 +42,7 @@ The options are plone.recipe.zeoserver's, with its defaults::
     pid-file = var/<part>.pid
     eggs =                              # distributions the scripts import
     extra-paths =                       # directories put on sys.path
+    initialization =                    # Python run by the scripts first
     relative-paths = false              # default: [buildout] relative-paths
     zeo-conf-additional =               # lines appended to zeo.conf
     zeo-conf =                          # an existing zeo.conf replaces ours
@@ -86,6 +87,7 @@ from ZConfig.components.logger.handlers import log_format as log_format_datatype
 from ZConfig.datatypes import Registry
 
 from ..tls import SERVER_ONLY
+from ._known_options import check_options
 from ._options import PartOptions, egg_locations, python_script, write_file
 
 #: ZConfig's own byte-size datatype: 10MB, 512KB, 1GB or bytes.
@@ -109,7 +111,75 @@ REMOVED = {
 JSON_FORMATTER = "zodbserver.logformat.JSONFormatter"
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "TRACE", "ALL")
-DEFAULT_LOG_FORMAT = "%(asctime)s %(message)s"
+#: The time, the level and the logger before the message, so that ``grep
+#: ERROR`` finds the errors (plone.recipe.zeoserver's default has neither).
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+#: The options this recipe reads (the docstring says what each does).
+KNOWN_OPTIONS = frozenset(
+    {
+        "zeo-address",
+        "monitor-address",
+        "var",
+        "file-storage",
+        "blob-storage",
+        "zeo-log",
+        "zeo-log-level",
+        "zeo-log-format",
+        "zeo-log-json",
+        "zeo-log-max-size",
+        "zeo-log-old-files",
+        "storage-number",
+        "invalidation-queue-size",
+        "read-only",
+        "transaction-timeout",
+        "slow-commit-threshold",
+        "client-conflict-resolution",
+        "ssl-certificate",
+        "ssl-key",
+        "ssl-authenticate",
+        "access-rules",
+        "replicate-from",
+        "sync-replicas",
+        "sync-replicas-timeout",
+        "sync-replicas-missing",
+        "pack-days",
+        "pack-gc",
+        "pack-keep-old",
+        "zeopack",
+        "zeopack-script-name",
+        "effective-user",
+        "socket-name",
+        "pid-file",
+        "eggs",
+        "extra-paths",
+        "relative-paths",
+        "initialization",
+        "zeo-conf-additional",
+        "zeo-conf",
+        *REMOVED,
+    }
+)
+
+#: plone.recipe.zeoserver options this recipe refuses, and why.
+REFUSED = {
+    "pack-user": "ZEO 4 authentication was removed in ZEO 5; bin/zeopack "
+    "needs no credentials (restrict packing with access-rules)",
+    "pack-password": "ZEO 4 authentication was removed in ZEO 5; bin/zeopack "
+    "needs no credentials (restrict packing with access-rules)",
+    "keep-alive-delay": "a zc.zrs setting: replicas of this server need no "
+    "keep-alive (see docs/replication.md)",
+    "replicate-to": "ZRS's primary listened on a port of its own; replicas of "
+    "this server connect to its zeo-address (give them replicate-from)",
+    "repozo": "make bin/repozo with a zc.recipe.egg part (eggs = ZODB, "
+    "scripts = repozo) or collective.recipe.backup",
+    "repozo-script-name": "make bin/repozo with a zc.recipe.egg part (eggs = "
+    "ZODB, scripts = repozo) or collective.recipe.backup",
+    "zeo-log-custom": "write the <eventlog> in a zeo.conf of your own (zeo-conf)",
+    "executable": "the scripts run with the Python that runs buildout",
+    "scripts": "the recipe writes bin/<part> and bin/zeopack only",
+}
 
 
 class Recipe:
@@ -123,6 +193,7 @@ class Recipe:
         for option, advice in REMOVED.items():
             if options.get(option, "").strip():
                 raise self.parsed.fail(option, advice)
+        check_options(self.parsed, "zodbserver:server", KNOWN_OPTIONS, REFUSED)
         base = buildout["buildout"]["directory"]
         self.base = base
         options["location"] = os.path.join(
@@ -449,28 +520,60 @@ class Recipe:
         module: str,
         arguments: list[str] | None,
         paths: list[str],
+        prologue: str = "",
     ) -> str:
+        initialization = "\n".join(
+            filter(None, [prologue, self.options.get("initialization", "")])
+        )
         text = python_script(
             module,
             arguments,
             paths=paths,
             relative_to=self.relative,
             script_directory=self.options["bin-directory"],
+            initialization=initialization,
         )
         return write_file(path, text, executable=True)
 
-    # -- install --------------------------------------------------------------
-
-    def install(self) -> list[str]:
+    def directories(self) -> list[str]:
+        """The directories of the files the server writes."""
         file_storage, blob_storage, zeo_log, pid_file = self.paths
-        for directory in (
+        candidates = [
             os.path.dirname(file_storage),
             blob_storage,
             os.path.dirname(zeo_log),
             os.path.dirname(pid_file),
-        ):
-            if directory:
-                os.makedirs(directory, exist_ok=True)
+        ]
+        return list(dict.fromkeys(path for path in candidates if path))
+
+    def make_directories_code(self) -> str:
+        """Python for bin/<part>: make the var directories of a zeo.conf
+        written here, which ZConfig requires to exist, so that a wiped var/
+        starts as a new one does."""
+        if self.options["zeo-conf-path"] != self.zeo_conf_path:
+            return ""
+        bin_directory = self.options["bin-directory"]
+        inside = os.path.join(os.path.abspath(self.base), "")
+
+        def spell(path: str) -> str:
+            if self.relative is None or not os.path.join(path, "").startswith(inside):
+                return repr(path)
+            return f"here({os.path.relpath(path, bin_directory)!r})"
+
+        listing = ", ".join(spell(path) for path in self.directories())
+        return "\n".join(
+            [
+                "# zeo.conf names these; a wiped var/ gets them back.",
+                f"for directory in [{listing}]:",
+                "    os.makedirs(directory, exist_ok=True)",
+            ]
+        )
+
+    # -- install --------------------------------------------------------------
+
+    def install(self) -> list[str]:
+        for directory in self.directories():
+            os.makedirs(directory, exist_ok=True)
         installed = [self.options["location"]]
         conf = self.options["zeo-conf-path"]
         if conf == self.zeo_conf_path:
@@ -478,7 +581,13 @@ class Recipe:
         paths = self.script_paths()
         script = os.path.join(self.options["bin-directory"], self.name)
         installed.append(
-            self.write_script(script, "zodbserver.cli", self.server_arguments, paths)
+            self.write_script(
+                script,
+                "zodbserver.cli",
+                self.server_arguments,
+                paths,
+                prologue=self.make_directories_code(),
+            )
         )
         if self.zeopack is not None:
             path, custom, arguments = self.zeopack
