@@ -1,0 +1,250 @@
+"""The scaling results: ``scaling.json``, ``SCALING.md`` and the plots.
+
+Each curve (``fanout``, ``ceiling``) is drawn as one PNG, clients on the x
+axis and one line per system: throughput, p99 latency and the server's CPU
+time per operation.  ``RESULTS.md``, the matrix's page, embeds the plots
+and links the tables (``section``): the scaling run writes it again from
+``results.json`` when that file is in the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from . import report
+
+JSON = "scaling.json"
+MARKDOWN = "SCALING.md"
+#: curve -> (file, x label, [(extras key or None for the value, y label)]).
+PLOTS = {
+    "fanout": (
+        "scaling_fanout.png",
+        "idle clients connected",
+        [
+            (None, "commits/s (one committer)"),
+            ("p99_ms", "commit p99 (ms)"),
+            ("server_cpu_per_commit_us", "server CPU per commit (µs)"),
+            ("listener_cpu_per_invalidation_us", "listener CPU per invalidation (µs)"),
+        ],
+    ),
+    "ceiling": (
+        "scaling_ceiling.png",
+        "cold reader processes",
+        [
+            (None, "aggregate loads/s"),
+            ("p99_ms", "load p99 (ms)"),
+            ("server_cpu_per_load_us", "server CPU per load (µs)"),
+            ("ceiling_loads_per_s", "loads/s at a saturated server core"),
+        ],
+    ),
+}
+#: The extras shown in the tables, in order, with their headings.
+COLUMNS = (
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("server_cpu_per_commit_us", "server CPU/commit µs"),
+    ("committer_cpu_per_commit_us", "committer CPU/commit µs"),
+    ("listener_cpu_per_invalidation_us", "listener CPU/invalidation µs"),
+    ("listener_cpu_per_commit_ms", "all listeners' CPU/commit ms"),
+    ("caught_up_s", "until all caught up s"),
+    ("server_cpu_per_load_us", "server CPU/load µs"),
+    ("reader_cpu_per_load_us", "reader CPU/load µs"),
+    ("server_core_share", "server core share"),
+    ("ceiling_loads_per_s", "server-bound ceiling loads/s"),
+    ("max_ms", "max ms"),
+)
+
+
+def write(directory: str, results: dict[str, Any]) -> list[str]:
+    """Write every file into ``directory``; the paths written."""
+    written = []
+    path = os.path.join(directory, JSON)
+    report.write_json(path, results)
+    written.append(path)
+    for curve in PLOTS:
+        path = plot(directory, results, curve)
+        if path:
+            written.append(path)
+    path = os.path.join(directory, MARKDOWN)
+    with open(path, "w") as file:
+        file.write(markdown(results, directory))
+    written.append(path)
+    matrix = os.path.join(directory, "results.json")
+    if os.path.exists(matrix):
+        with open(matrix) as file:
+            matrix_results = json.load(file)
+        path = os.path.join(directory, "RESULTS.md")
+        with open(path, "w") as file:
+            file.write(report.markdown(matrix_results, directory))
+        written.append(path)
+    return written
+
+
+def plot(directory: str, results: dict[str, Any], curve: str) -> str | None:
+    """Draw ``curve`` into its PNG; None when the run has no point of it."""
+    points = [w for w in results["workloads"] if w.get("curve") == curve]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name, x_label, panels = PLOTS[curve]
+    points.sort(key=lambda w: w["x"])
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for axis, (key, y_label) in zip(axes, panels, strict=True):
+        for system in results["systems"]:
+            xs, ys = [], []
+            for workload in points:
+                entry = workload["results"][system["key"]]
+                value = entry["median"] if key is None else entry["extras"].get(key)
+                if value is not None:
+                    xs.append(workload["x"])
+                    ys.append(value)
+            axis.plot(xs, ys, marker="o", label=system["label"])
+        axis.set_xlabel(x_label)
+        axis.set_ylabel(y_label)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    machine = results["machine"]
+    figure.suptitle(
+        f"{curve}: medians of {results['options']['runs']} run(s); "
+        f"{machine['cores']} cores, load average "
+        f"{_loads(machine['load_average_at_start'])} at start",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    path = os.path.join(directory, name)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def markdown(results: dict[str, Any], directory: str) -> str:
+    systems = results["systems"]
+    base, ours = systems[0], systems[-1]
+    lines = [
+        "# How the cost grows: ZEO 6 against zodbserver",
+        "",
+        f"Command: `{results['command']}`; {results['options']['runs']} run(s) "
+        "per cell, alternating between the systems; medians.  Ratio = ours / "
+        f"{base['label']} (above 1 is better for `higher` rows, below 1 for "
+        "`lower` rows).  CPU times are read from `/proc` (every thread of the "
+        "process) around each measurement.",
+        "",
+    ]
+    for curve, (name, _, _) in PLOTS.items():
+        if os.path.exists(os.path.join(directory, name)):
+            lines += [f"![{curve}]({name})", ""]
+    lines += [
+        "| workload | better | unit | "
+        + " | ".join(s["label"] for s in systems)
+        + " | ratio | paired ratio |",
+        "|---|---|---|" + "---|" * len(systems) + "---|---|",
+    ]
+    for workload in results["workloads"]:
+        entries = [workload["results"][s["key"]] for s in systems]
+        cells = [_number(entry["median"]) for entry in entries]
+        mine = workload["results"][ours["key"]]
+        lines.append(
+            f"| {workload['name']} | {workload['better']} | {workload['unit']} | "
+            + " | ".join(cells)
+            + f" | {_ratio(mine.get('ratio'))} | {_ratio(mine.get('paired_ratio'))} |"
+        )
+    lines += ["", "## Details", ""]
+    for workload in results["workloads"]:
+        shown = [
+            (key, title)
+            for key, title in COLUMNS
+            if any(key in workload["results"][s["key"]]["extras"] for s in systems)
+        ]
+        lines += [
+            f"### {workload['name']}: {workload['description']}",
+            "",
+            "| system | "
+            + workload["unit"]
+            + " | "
+            + " | ".join(title for _, title in shown)
+            + " |",
+            "|---|---|" + "---|" * len(shown),
+        ]
+        for system in systems:
+            entry = workload["results"][system["key"]]
+            cells = [_number(entry["extras"].get(key)) for key, _ in shown]
+            lines.append(
+                f"| {system['label']} | {_number(entry['median'])} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        if shown:
+            extras = [workload["results"][s["key"]]["extras"] for s in systems]
+            ratios = [
+                _ratio(extras[-1][key] / extras[0][key])
+                if extras[0].get(key) and key in extras[-1]
+                else "-"
+                for key, _ in shown
+            ]
+            mine = workload["results"][ours["key"]].get("ratio")
+            lines.append(f"| ratio | {_ratio(mine)} | " + " | ".join(ratios) + " |")
+        lines.append("")
+    failures = [
+        (workload["name"], key, error)
+        for workload in results["workloads"]
+        for key, entry in workload["results"].items()
+        for error in entry["errors"]
+    ]
+    if failures:
+        lines += ["## Failed measurements", ""]
+        lines += [f"- `{n}` × `{k}`: {report._last_line(e)}" for n, k, e in failures]
+        lines.append("")
+    info = results["machine"]
+    lines += [
+        "## Machine",
+        "",
+        f"- CPU: {info['cpu_model']}, {info['cores']} cores; RAM {info['ram_gib']} GiB",
+        f"- {info['os']}; {info['python']}",
+        "- packages: "
+        + ", ".join(f"{n} {v or 'absent'}" for n, v in info["packages"].items()),
+        f"- load average at start {_loads(info['load_average_at_start'])}, at end "
+        f"{_loads(info.get('load_average_at_end'))}",
+        f"- total time: {results['elapsed_s']:.0f} s",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def section(directory: str | None) -> list[str]:
+    """``RESULTS.md``'s lines about the scaling run in ``directory``, if any."""
+    if directory is None or not os.path.exists(os.path.join(directory, JSON)):
+        return []
+    with open(os.path.join(directory, JSON)) as file:
+        results = json.load(file)
+    lines = [
+        "## As the work grows",
+        "",
+        f"From `{results['command']}` (tables in [{MARKDOWN}]({MARKDOWN})): "
+        "ZEO 6 and ours, side by side in one run.",
+        "",
+    ]
+    for curve, (name, _, _) in PLOTS.items():
+        if os.path.exists(os.path.join(directory, name)):
+            lines += [f"![{curve}]({name})", ""]
+    return lines
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return report._number(value)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _loads(loads: Any) -> str:
+    return report._loads(loads)
