@@ -25,10 +25,17 @@ against ZEO's server (``zeo-zeo``, the baseline) and ours against ours
 ``delay_idle``, ``delay_busy``
     This process commits one object every ``DELAY_INTERVAL`` while a
     watcher process (a client with a ``ZODB.DB``) notes when each
-    invalidation reaches its DB; the delay is from the commit returning
-    here to that moment, on the system-wide monotonic clock (negative when
-    the invalidation overtakes the committer's reply).  ``busy``: a thread
-    of the watcher renders strings in Python the whole time.
+    invalidation reaches its DB, on the system-wide monotonic clock.  The
+    value is the p99 from the commit's start here to that moment (when the
+    change is visible elsewhere); ``after_return_*`` count from the commit
+    returning here, which is negative when the invalidation overtakes the
+    committer's reply.  ``busy``: a thread of the watcher renders strings
+    in Python the whole time (as a Zope thread rendering a page).
+
+The ``floor`` system runs ``fanout`` and ``ceiling`` against
+``bench.echo``: a uvloop server answering at once, with raw-socket clients
+and listeners that each sleep in their own uvloop thread, no storage, no
+protocol: what the machine costs per round trip and per message.
 
 Every workload alternates the systems (A B, A B, ...) ``--runs`` times and
 reports medians and the ratio ours / ZEO.  Results go to ``scaling.json``,
@@ -55,6 +62,7 @@ from typing import Any
 import transaction
 import ZODB
 
+from . import big as big_db
 from . import report
 from .clients import OURS, ZEO
 from .data import build_seed, copy_seed
@@ -62,12 +70,20 @@ from .processes import START_TIMEOUT, Child, Children, cpu_seconds, start_server
 from .run import DEFAULT_OUTPUT, _compile_bytecode, _object_oids
 from .systems import System
 
+#: The client and server kind of the floor: ``bench.echo``.
+ECHO = "echo"
+
 #: (key, client kind, server kind, label); the first is the baseline.
 SYSTEMS = (
     ("zeo-zeo", ZEO, "zeo", "ZEO 6"),
     ("ours-ours", OURS, "ours", "zodbserver"),
+    ("floor", ECHO, ECHO, "floor (bench.echo)"),
 )
 BASELINE = SYSTEMS[0][0]
+OURS_KEY = SYSTEMS[1][0]
+FLOOR = SYSTEMS[2][0]
+#: ``--compare-src``: our server and client from another source tree.
+OLD = "ours-old"
 LISTENERS_PER_PROCESS = 32
 #: Seconds between two commits of the invalidation-delay workloads.
 DELAY_INTERVAL = 0.01
@@ -96,6 +112,8 @@ class Context:
     oids: list[bytes]
     children: Children
     temp: str
+    #: With ``--big``: each system's server on the big database.
+    big: dict[str, big_db.BigServer] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,72 @@ class Workload:
     #: The curve it is a point of (``fanout``, ``ceiling``), and its x.
     curve: str | None = None
     x: int = 0
+    #: Measured on the floor too (``bench.echo`` has no invalidations to
+    #: apply in a DB).
+    floor: bool = True
+    #: A ``--big`` workload: measured once per system, on the big database.
+    big: bool = False
+
+
+def big_workloads(settings: big_db.BigSettings) -> list[Workload]:
+    def measure(
+        run: Callable[[big_db.BigServer], tuple[float, dict[str, float]]],
+    ) -> Callable[[System, Context], Measurement]:
+        def measured(system: System, context: Context) -> Measurement:
+            return Measurement(*run(context.big[system.key]))
+
+        return measured
+
+    objects = f"{settings.objects:,} objects"
+    return [
+        Workload(
+            "big_start_index",
+            f"server start on {objects}, with its index: until a client loaded",
+            "s",
+            "lower",
+            measure(lambda server: big_db.start(server, index=True)),
+            floor=False,
+            big=True,
+        ),
+        Workload(
+            "big_start_noindex",
+            f"server start on {objects}, index file removed",
+            "s",
+            "lower",
+            measure(lambda server: big_db.start(server, index=False)),
+            floor=False,
+            big=True,
+        ),
+        Workload(
+            "big_reconnect_short",
+            f"client with {settings.cached:,} cached objects back after "
+            f"{settings.short} commits (inside the invalidation queue): "
+            "until its first load",
+            "s",
+            "lower",
+            measure(lambda server: big_db.reconnect(server, settings, settings.short)),
+            floor=False,
+            big=True,
+        ),
+        Workload(
+            "big_reconnect_long",
+            f"the same after {settings.long} commits (past the queue)",
+            "s",
+            "lower",
+            measure(lambda server: big_db.reconnect(server, settings, settings.long)),
+            floor=False,
+            big=True,
+        ),
+        Workload(
+            "big_pack",
+            f"pack of {objects} while a client commits",
+            "s",
+            "lower",
+            measure(lambda server: big_db.pack(server, settings)),
+            floor=False,
+            big=True,
+        ),
+    ]
 
 
 def make_settings(args: argparse.Namespace) -> Settings:
@@ -160,6 +244,7 @@ def all_workloads(settings: Settings) -> list[Workload]:
             "ms p99",
             "lower",
             delay(state == "busy"),
+            floor=False,
         )
         for state in ("idle", "busy")
     ]
@@ -184,7 +269,7 @@ def _worker(
     if extra:
         argv.append(extra)
     name = system.unique(mode)
-    return context.children.start(argv, name)
+    return context.children.start(argv, name, env=system.state.get("env"))
 
 
 def _percentiles_ms(latencies: list[float]) -> dict[str, float]:
@@ -316,11 +401,14 @@ def delay(busy: bool) -> Callable[[System, Context], Measurement]:
                 manager = transaction.TransactionManager()
                 conn = db.open(transaction_manager=manager)
                 counter = conn.root()["counters"][0]
-                returned = {}
+                began, returned = {}, {}
                 for _ in range(context.settings.delay_commits):
+                    start = time.perf_counter()
                     counter["n"] += 1
                     manager.commit()
-                    returned[counter._p_serial.hex()] = time.perf_counter()
+                    tid = counter._p_serial.hex()
+                    returned[tid] = time.perf_counter()
+                    began[tid] = start
                     time.sleep(DELAY_INTERVAL)
                 last = counter._p_serial.hex()
                 conn.close()
@@ -333,10 +421,18 @@ def delay(busy: bool) -> Callable[[System, Context], Measurement]:
         missing = sorted(set(returned) - set(seen))
         if missing:
             raise RuntimeError(f"{len(missing)} invalidation(s) never arrived")
-        delays = sorted(seen[tid] - moment for tid, moment in returned.items())
-        p = _percentiles_ms(delays)
+        visible = sorted(seen[tid] - moment for tid, moment in began.items())
+        after = _percentiles_ms([seen[tid] - at for tid, at in returned.items()])
+        p = _percentiles_ms(visible)
         return Measurement(
-            p["p99_ms"], {**p, "max_ms": delays[-1] * 1e3, "operations": len(delays)}
+            p["p99_ms"],
+            {
+                **p,
+                "max_ms": visible[-1] * 1e3,
+                "after_return_p50_ms": after["p50_ms"],
+                "after_return_p99_ms": after["p99_ms"],
+                "operations": len(visible),
+            },
         )
 
     return measure
@@ -365,6 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="length of each fanout measurement (default 3)",
     )
     parser.add_argument(
+        "--compare-src",
+        default=None,
+        metavar="DIR",
+        help="also measure the zodbserver whose source directory is DIR (the "
+        "src of another checkout) as the system ours-old, in the workloads "
+        "that run every client in a child process (fanout, ceiling)",
+    )
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help="also the big-database workloads (1,000,000 objects; with "
+        "--quick a few thousand), each measured once per system",
+    )
+    parser.add_argument(
         "--list", action="store_true", help="list the workloads and exit"
     )
     return parser
@@ -378,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     settings = make_settings(args)
+    big_settings = big_db.QUICK if args.quick else big_db.FULL
     workloads = all_workloads(settings)
+    if args.big or args.list:
+        workloads += big_workloads(big_settings)
     if args.list:
         for workload in workloads:
             print(f"{workload.name:14} {workload.description}")
@@ -396,7 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zodbserver-scaling-") as temp:
         children = Children(temp)
         try:
-            results = _run(settings, workloads, runs, temp, children)
+            big = big_settings if args.big else None
+            results = _run(
+                settings, big, workloads, runs, temp, children, args.compare_src
+            )
         finally:
             children.close()
     results["command"] = shlex.join(["python", "-m", "bench.scaling", *argv])
@@ -419,10 +535,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(
     settings: Settings,
+    big: big_db.BigSettings | None,
     workloads: list[Workload],
     runs: int,
     temp: str,
     children: Children,
+    compare_src: str | None = None,
 ) -> dict[str, Any]:
     machine = report.machine()
     _compile_bytecode()
@@ -436,19 +554,59 @@ def _run(
     )
     oids = _object_oids(seed.path, seed.blob_dir)
     systems = []
-    for key, client, server, label in SYSTEMS:
-        path, blob_dir = copy_seed(seed, os.path.join(temp, f"{key}-server"))
+    matrix: list[tuple[str, str, str, str]] = list(SYSTEMS)
+    old_env = None
+    if compare_src:
+        source = os.path.abspath(compare_src)
+        old_env = {**os.environ, "PYTHONPATH": source}
+        matrix.insert(2, (OLD, OURS, "ours", f"zodbserver at {source}"))
+    for key, client, server, label in matrix:
         _log(f"starting the {server} server")
-        child, address = start_server(children, server, path, blob_dir, temp)
+        env = old_env if key == OLD else None
+        if server == ECHO:
+            child = children.start([sys.executable, "-m", "bench.echo"], "echo")
+            address = ("127.0.0.1", int(child.expect("READY", START_TIMEOUT)))
+        else:
+            path, blob_dir = copy_seed(seed, os.path.join(temp, f"{key}-server"))
+            child, address = start_server(
+                children, server, path, blob_dir, temp, name=key, env=env
+            )
         work_dir = os.path.join(temp, "clients", key)
         os.makedirs(work_dir)
-        systems.append(System(key, client, server, label, address, child.pid, work_dir))
+        system = System(key, client, server, label, address, child.pid, work_dir)
+        if env is not None:
+            system.state["env"] = env
+        systems.append(system)
     context = Context(settings, oids, children, temp)
+    if big is not None:
+        _log(f"building the big database ({big.objects:,} objects)")
+        began = time.perf_counter()
+        path = big_db.build(os.path.join(temp, "big-seed"), big)
+        _log(
+            f"built {os.path.getsize(path) / 2**30:.2f} GiB in "
+            f"{time.perf_counter() - began:.0f} s"
+        )
+        for system in systems:
+            if system.key not in (FLOOR, OLD):
+                work = os.path.join(temp, f"big-{system.key}")
+                context.big[system.key] = big_db.BigServer(
+                    children,
+                    system.server or "",
+                    system.client,
+                    big_db.copy(path, work),
+                    work,
+                )
     measured_workloads = []
     for workload in workloads:
-        measured: dict[str, list[dict[str, Any]]] = {s.key: [] for s in systems}
-        for run in range(runs):
-            for system in systems:
+        chosen = [
+            s
+            for s in systems
+            if (workload.floor or s.key != FLOOR)
+            and (workload.curve is not None or s.key != OLD)
+        ]
+        measured: dict[str, list[dict[str, Any]]] = {s.key: [] for s in chosen}
+        for run in range(1 if workload.big else runs):
+            for system in chosen:
                 measured[system.key].append(_measure(workload, system, context, run))
         measured_workloads.append(
             {
@@ -475,6 +633,7 @@ def _run(
             "commit_seconds": settings.commit_seconds,
             "delay_commits": settings.delay_commits,
             "listeners_per_process": LISTENERS_PER_PROCESS,
+            "big": None if big is None else big.__dict__,
         },
         "machine": machine,
         "workloads": measured_workloads,

@@ -54,6 +54,19 @@ COLUMNS = (
     ("server_core_share", "server core share"),
     ("ceiling_loads_per_s", "server-bound ceiling loads/s"),
     ("max_ms", "max ms"),
+    ("after_return_p50_ms", "after the commit returned: p50 ms"),
+    ("after_return_p99_ms", "p99 ms"),
+    ("server_rss_MiB", "server VmRSS MiB"),
+    ("cache_kept", "share of the cache kept"),
+    ("cached_objects", "objects kept"),
+    ("outage_commits", "commits while away"),
+    ("peak_server_rss_MiB", "server peak VmRSS MiB"),
+    ("idle_p50_ms", "commit p50 idle ms"),
+    ("idle_p99_ms", "p99 idle ms"),
+    ("pack_p50_ms", "p50 during the pack ms"),
+    ("pack_p99_ms", "p99 during the pack ms"),
+    ("p99_ratio_pack_idle", "p99 pack / idle"),
+    ("commits_during_pack", "commits during the pack"),
 )
 
 
@@ -99,7 +112,9 @@ def plot(directory: str, results: dict[str, Any], curve: str) -> str | None:
         for system in results["systems"]:
             xs, ys = [], []
             for workload in points:
-                entry = workload["results"][system["key"]]
+                entry = workload["results"].get(system["key"])
+                if entry is None:
+                    continue
                 value = entry["median"] if key is None else entry["extras"].get(key)
                 if value is not None:
                     xs.append(workload["x"])
@@ -126,7 +141,7 @@ def plot(directory: str, results: dict[str, Any], curve: str) -> str | None:
 
 def markdown(results: dict[str, Any], directory: str) -> str:
     systems = results["systems"]
-    base, ours = systems[0], systems[-1]
+    base, ours = systems[0], systems[1]
     lines = [
         "# How the cost grows: ZEO 6 against zodbserver",
         "",
@@ -140,27 +155,38 @@ def markdown(results: dict[str, Any], directory: str) -> str:
     for curve, (name, _, _) in PLOTS.items():
         if os.path.exists(os.path.join(directory, name)):
             lines += [f"![{curve}]({name})", ""]
+    old = next((s for s in systems if s["key"] == "ours-old"), None)
     lines += [
         "| workload | better | unit | "
         + " | ".join(s["label"] for s in systems)
-        + " | ratio | paired ratio |",
-        "|---|---|---|" + "---|" * len(systems) + "---|---|",
+        + " | ratio | paired ratio |"
+        + (" ours / ours-old (paired) |" if old else ""),
+        "|---|---|---|" + "---|" * len(systems) + "---|---|" + ("---|" if old else ""),
     ]
     for workload in results["workloads"]:
-        entries = [workload["results"][s["key"]] for s in systems]
-        cells = [_number(entry["median"]) for entry in entries]
+        entries = [workload["results"].get(s["key"], {}) for s in systems]
+        cells = [_number(entry.get("median")) for entry in entries]
         mine = workload["results"][ours["key"]]
-        lines.append(
+        row = (
             f"| {workload['name']} | {workload['better']} | {workload['unit']} | "
             + " | ".join(cells)
             + f" | {_ratio(mine.get('ratio'))} | {_ratio(mine.get('paired_ratio'))} |"
         )
+        if old:
+            before = workload["results"].get(old["key"])
+            row += (
+                f" {_ratio(report.paired_ratio(mine['runs'], before['runs']))} |"
+                if before
+                else " - |"
+            )
+        lines.append(row)
     lines += ["", "## Details", ""]
     for workload in results["workloads"]:
+        measured = [s for s in systems if s["key"] in workload["results"]]
         shown = [
             (key, title)
             for key, title in COLUMNS
-            if any(key in workload["results"][s["key"]]["extras"] for s in systems)
+            if any(key in workload["results"][s["key"]]["extras"] for s in measured)
         ]
         lines += [
             f"### {workload['name']}: {workload['description']}",
@@ -172,7 +198,7 @@ def markdown(results: dict[str, Any], directory: str) -> str:
             + " |",
             "|---|---|" + "---|" * len(shown),
         ]
-        for system in systems:
+        for system in measured:
             entry = workload["results"][system["key"]]
             cells = [_number(entry["extras"].get(key)) for key, _ in shown]
             lines.append(
@@ -180,16 +206,11 @@ def markdown(results: dict[str, Any], directory: str) -> str:
                 + " | ".join(cells)
                 + " |"
             )
-        if shown:
-            extras = [workload["results"][s["key"]]["extras"] for s in systems]
-            ratios = [
-                _ratio(extras[-1][key] / extras[0][key])
-                if extras[0].get(key) and key in extras[-1]
-                else "-"
-                for key, _ in shown
-            ]
-            mine = workload["results"][ours["key"]].get("ratio")
-            lines.append(f"| ratio | {_ratio(mine)} | " + " | ".join(ratios) + " |")
+        pairs = [(ours, base)]
+        if old and old["key"] in workload["results"]:
+            pairs.append((ours, old))
+        for mine, other in pairs if shown else []:
+            lines.append(_ratio_row(workload, mine, other, shown))
         lines.append("")
     failures = [
         (workload["name"], key, error)
@@ -215,6 +236,33 @@ def markdown(results: dict[str, Any], directory: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ratio_row(
+    workload: dict[str, Any],
+    mine: dict[str, Any],
+    other: dict[str, Any],
+    shown: list[tuple[str, str]],
+) -> str:
+    """The row of ``mine``'s medians over ``other``'s, value and extras."""
+    results = workload["results"]
+    ours, theirs = results[mine["key"]], results[other["key"]]
+    ratios = [
+        _ratio(ours["extras"][key] / theirs["extras"][key])
+        if theirs["extras"].get(key) and key in ours["extras"]
+        else "-"
+        for key, _ in shown
+    ]
+    value = (
+        ours["median"] / theirs["median"]
+        if ours["median"] is not None and theirs["median"]
+        else None
+    )
+    return (
+        f"| ratio {mine['label']} / {other['label']} | {_ratio(value)} | "
+        + " | ".join(ratios)
+        + " |"
+    )
 
 
 def section(directory: str | None) -> list[str]:

@@ -23,8 +23,10 @@ rendering pages); print ``READY``; on ``DONE HEX`` wait for tid ``HEX``
 and print ``RESULT {HEX tid: T}``.
 
 ``TARGET`` is JSON: a server address, or ``[path, blob_dir]`` for a
-FileStorage.  A worker kills itself after ``LIFETIME`` seconds whatever
-happens, so an orphan never outlives the benchmark for long.
+FileStorage.  ``KIND`` ``echo``: ``commit``, ``listen`` and ``read``
+against ``bench.echo``'s server, the floor (raw sockets, no storage).
+A worker kills itself after ``LIFETIME`` seconds whatever happens, so an
+orphan never outlives the benchmark for long.
 """
 
 from __future__ import annotations
@@ -93,16 +95,8 @@ def listen(kind: str, target: Any, index: int, clients: int) -> None:
         print("READY", flush=True)
         while command := sys.stdin.readline().split():
             if command[0] == "WAIT":
-                tid, timeout = bytes.fromhex(command[1]), float(command[2])
                 storages = [db.storage for db in dbs]
-                deadline = time.monotonic() + timeout
-                while any(s.lastTransaction() < tid for s in storages):
-                    if time.monotonic() > deadline:
-                        print("LATE", flush=True)
-                        break
-                    time.sleep(POLL)
-                else:
-                    print("CAUGHT", flush=True)
+                wait_for(storages, bytes.fromhex(command[1]), float(command[2]))
     finally:
         for db in dbs:
             db.close()
@@ -168,10 +162,51 @@ def watch(db: ZODB.DB, busy: bool) -> None:
     conn.close()
 
 
+def echo_worker(mode: str, target: Any, extra: str) -> None:
+    """The same modes against ``bench.echo``'s server: the floor."""
+    from . import echo
+
+    if mode == "listen":
+        listeners = [echo.Listener(target) for _ in range(int(extra))]
+        print("READY", flush=True)
+        while command := sys.stdin.readline().split():
+            wait_for(listeners, bytes.fromhex(command[1]), float(command[2]))
+        return
+    if mode == "read":
+        with open(extra) as file:
+            count = len(json.load(file))
+    print("READY", flush=True)
+    command = sys.stdin.readline().split()
+    if not command or command[0] != "GO":
+        return
+    if mode == "commit":
+        result = echo.commit_loop(target, float(command[1]))
+    elif mode == "read":
+        result = echo.read_loop(target, count)
+    else:
+        raise SystemExit(f"no mode {mode!r} against the echo server")
+    print("RESULT", json.dumps(result), flush=True)
+
+
+def wait_for(storages: list[Any], tid: bytes, timeout: float) -> None:
+    """Print ``CAUGHT`` once every one of ``storages`` has seen ``tid``,
+    ``LATE`` if that takes over ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(s.lastTransaction() < tid for s in storages):
+        if time.monotonic() > deadline:
+            print("LATE", flush=True)
+            return
+        time.sleep(POLL)
+    print("CAUGHT", flush=True)
+
+
 def main(argv: list[str]) -> int:
     mode, kind, target, index = argv[0], argv[1], json.loads(argv[2]), int(argv[3])
     extra = argv[4] if len(argv) > 4 else ""
     signal.alarm(LIFETIME)
+    if kind == "echo":
+        echo_worker(mode, target, extra)
+        return 0
     if mode == "listen":
         listen(kind, target, index, int(extra))
         return 0
