@@ -51,6 +51,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -559,7 +560,7 @@ def _run(
     if compare_src:
         source = os.path.abspath(compare_src)
         old_env = {**os.environ, "PYTHONPATH": source}
-        matrix.insert(2, (OLD, OURS, "ours", f"zodbserver at {source}"))
+        matrix.insert(2, (OLD, OURS, "ours", f"zodbserver at {_revision(source)}"))
     for key, client, server, label in matrix:
         _log(f"starting the {server} server")
         env = old_env if key == OLD else None
@@ -638,6 +639,20 @@ def _run(
         "machine": machine,
         "workloads": measured_workloads,
     }
+
+
+def _revision(source: str) -> str:
+    """The commit checked out at ``source``, or ``source`` itself."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", source, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return source
+    return done.stdout.strip() if done.returncode == 0 else source
 
 
 def _measure(
