@@ -155,6 +155,7 @@ def markdown(results: dict[str, Any], directory: str) -> str:
     for curve, (name, _, _) in PLOTS.items():
         if os.path.exists(os.path.join(directory, name)):
             lines += [f"![{curve}]({name})", ""]
+    lines += targets(results)
     old = next((s for s in systems if s["key"] == "ours-old"), None)
     lines += [
         "| workload | better | unit | "
@@ -238,6 +239,109 @@ def markdown(results: dict[str, Any], directory: str) -> str:
     return "\n".join(lines)
 
 
+#: (what, workload, extras key or None for the value, target, ``ratio``
+#: to compare ours / ZEO's with it, or ``value`` to compare ours' own
+#: figure; "le" or "ge").
+TARGETS = (
+    (
+        "a listener's CPU per invalidation, 256 clients",
+        "fanout_256",
+        "listener_cpu_per_invalidation_us",
+        0.5,
+        "ratio",
+        "le",
+    ),
+    (
+        "the server's CPU per commit, 256 clients",
+        "fanout_256",
+        "server_cpu_per_commit_us",
+        1.0,
+        "ratio",
+        "le",
+    ),
+    ("aggregate cold loads/s, 8 readers", "ceiling_8", None, 2.0, "ratio", "ge"),
+    ("one-object commit p50 (ms)", "fanout_0", "p50_ms", 1.0, "value", "le"),
+    (
+        "invalidation delay p99 after the commit returned, busy receiver",
+        "delay_busy",
+        "after_return_p99_ms",
+        1.0,
+        "ratio",
+        "le",
+    ),
+    (
+        "long-outage reconnect: until the first load",
+        "big_reconnect_long",
+        None,
+        1.0,
+        "ratio",
+        "le",
+    ),
+    (
+        "commit p99 during a pack / idle",
+        "big_pack",
+        "p99_ratio_pack_idle",
+        3.0,
+        "value",
+        "le",
+    ),
+)
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """The targets table: each figure of ours, ZEO's, the floor's where it
+    was measured, and whether ours meets the target."""
+    rows = {w["name"]: w["results"] for w in results["workloads"]}
+    base, ours = (s["key"] for s in results["systems"][:2])
+    lines = [
+        "## Targets",
+        "",
+        "| figure | ZEO 6 | zodbserver | floor | compared | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for what, name, key, goal, kind, sense in TARGETS:
+        found = rows.get(name)
+        if not found or ours not in found or base not in found:
+            continue
+
+        mine, theirs, floor = (
+            _figure(found, system, key) for system in (ours, base, "floor")
+        )
+        if mine is None or theirs is None:
+            continue
+        compared = mine / theirs if kind == "ratio" and theirs else mine
+        met = compared <= goal if sense == "le" else compared >= goal
+        lines.append(
+            f"| {what} | {_number(theirs)} | {_number(mine)} | {_number(floor)} "
+            f"| {'ours / ZEO ' if kind == 'ratio' else ''}{compared:.2f} "
+            f"| {'≤' if sense == 'le' else '≥'} {goal:g} | {'yes' if met else 'no'} |"
+        )
+    lines.append("")
+    return lines if len(lines) > 5 else []
+
+
+def _figure(found: dict[str, Any], system: str, key: str | None) -> float | None:
+    """``system``'s median (``key`` None) or median extra ``key``."""
+    entry = found.get(system)
+    if entry is None:
+        return None
+    value = entry["median"] if key is None else entry["extras"].get(key)
+    return value if isinstance(value, float | int) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.scaling_report DIR``: write the pages and plots of
+    ``DIR/scaling.json`` again."""
+    import sys
+
+    directory = (sys.argv[1:] if argv is None else argv)[0]
+    with open(os.path.join(directory, JSON)) as file:
+        results = json.load(file)
+    for path in write(directory, results):
+        print(path)
+    return 0
+
+
 def _ratio_row(
     workload: dict[str, Any],
     mine: dict[str, Any],
@@ -296,3 +400,7 @@ def _ratio(value: float | None) -> str:
 
 def _loads(loads: Any) -> str:
     return report._loads(loads)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
