@@ -17,6 +17,8 @@ from . import report
 
 JSON = "scaling.json"
 MARKDOWN = "SCALING.md"
+#: Written by hand beside the results, linked from both pages.
+NOTES = "SCALING_NOTES.md"
 #: curve -> (file, x label, [(extras key or None for the value, y label)]).
 PLOTS = {
     "fanout": (
@@ -155,6 +157,12 @@ def markdown(results: dict[str, Any], directory: str) -> str:
     for curve, (name, _, _) in PLOTS.items():
         if os.path.exists(os.path.join(directory, name)):
             lines += [f"![{curve}]({name})", ""]
+    if os.path.exists(os.path.join(directory, NOTES)):
+        lines += [
+            f"What the figures say, and what bounds the targets not met: "
+            f"[{NOTES}]({NOTES}).",
+            "",
+        ]
     lines += targets(results)
     old = next((s for s in systems if s["key"] == "ours-old"), None)
     lines += [
@@ -382,6 +390,8 @@ def section(directory: str | None) -> list[str]:
         "ZEO 6 and ours, side by side in one run.",
         "",
     ]
+    if os.path.exists(os.path.join(directory, NOTES)):
+        lines += [f"What the figures say: [{NOTES}]({NOTES}).", ""]
     for curve, (name, _, _) in PLOTS.items():
         if os.path.exists(os.path.join(directory, name)):
             lines += [f"![{curve}]({name})", ""]
