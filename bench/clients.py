@@ -29,19 +29,24 @@ def open_storage(
     blob_dir: str | None = None,
     cache_name: str | None = None,
     cache_dir: str | None = None,
+    cache_size: int | None = None,
+    wait_timeout: float = CONNECT_TIMEOUT,
 ) -> Any:
     """A connected storage of ``kind``.
 
     ``target`` is a server address for the clients and ``(path, blob_dir)``
     for a FileStorage.  ``blob_dir`` is the client's private blob cache;
-    ``cache_name`` and ``cache_dir`` make its object cache persistent.
+    ``cache_name`` and ``cache_dir`` make its object cache persistent;
+    ``cache_size`` is its size in bytes.
     """
     if kind == FILESTORAGE:
         from ZODB.FileStorage import FileStorage
 
         path, server_blobs = target
         return FileStorage(path, blob_dir=server_blobs)
-    options: dict[str, Any] = {"wait_timeout": CONNECT_TIMEOUT}
+    options: dict[str, Any] = {"wait_timeout": wait_timeout}
+    if cache_size is not None:
+        options["cache_size"] = cache_size
     if blob_dir is not None:
         options["blob_dir"] = blob_dir
     if cache_name is not None:

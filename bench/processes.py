@@ -38,7 +38,13 @@ class ChildError(RuntimeError):
 class Child:
     """One child process with line-oriented stdout and a stdin pipe."""
 
-    def __init__(self, argv: list[str], name: str, log_path: str | None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        name: str,
+        log_path: str | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_path
         stderr: Any = subprocess.DEVNULL
@@ -48,6 +54,7 @@ class Child:
         self.process = subprocess.Popen(
             argv,
             cwd=ROOT,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -116,9 +123,17 @@ class Children:
         self.log_dir = log_dir
         self._children: list[Child] = []
 
-    def start(self, argv: list[str], name: str, *, log: bool = True) -> Child:
+    def start(
+        self,
+        argv: list[str],
+        name: str,
+        *,
+        log: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Child:
+        """Start ``argv``; ``env``: its environment, if not this process's."""
         log_path = os.path.join(self.log_dir, f"{name}.log") if log else None
-        child = Child(argv, name, log_path)
+        child = Child(argv, name, log_path, env)
         self._children.append(child)
         return child
 
@@ -183,6 +198,8 @@ def start_server(
     tls: str | None = None,
     monitor_port: int | None = None,
     name: str | None = None,
+    timeout: float = START_TIMEOUT,
+    env: dict[str, str] | None = None,
 ) -> tuple[Child, tuple[str, int]]:
     """Start server ``kind`` (``"zeo"`` or ``"ours"``) on the given storage.
 
@@ -191,6 +208,8 @@ def start_server(
     with the certificates in that directory (``zeo_conf``).
     ``monitor_port``: our server's monitor listens there.  ``name`` (default
     ``KIND-server``) names its configuration, var directory and log.
+    ``timeout``: how long it may take to listen.  ``env``: the server's
+    environment, if not this process's.
     """
     port = free_port()
     name = name or f"{kind}-server"
@@ -202,9 +221,9 @@ def start_server(
     else:
         var = os.path.join(work_dir, f"{name}-var")
         argv = [sys.executable, "-m", "zodbserver.cli", "-C", conf, "--var", var, "fg"]
-    child = children.start(argv, name)
+    child = children.start(argv, name, env=env)
     address = ("127.0.0.1", port)
-    wait_listening(child, address, START_TIMEOUT)
+    wait_listening(child, address, timeout)
     return child, address
 
 

@@ -153,7 +153,11 @@ def _number(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], directory: str | None = None) -> str:
+    """The page; with ``directory``, the scaling plots found there are
+    embedded (``scaling_report.section``)."""
+    from . import scaling_report
+
     systems = results["systems"]
     baseline = results["baseline"]
     lines = [
@@ -212,7 +216,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"- `{name}` × `{key}`: {_last_line(error)}")
     if results["skipped"]:
         lines += ["", "Not run: " + ", ".join(f"`{n}`" for n in results["skipped"])]
-    lines += ["", "## Machine", ""]
+    lines += ["", *scaling_report.section(directory)]
+    lines += ["## Machine", ""]
     info = results["machine"]
     packages = ", ".join(
         f"{name} {version or 'absent'}" for name, version in info["packages"].items()

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown_path = os.path.join(args.output, "RESULTS.md")
     report.write_json(json_path, results)
     with open(markdown_path, "w") as file:
-        file.write(report.markdown(results))
+        file.write(report.markdown(results, args.output))
     print(f"wrote {json_path} and {markdown_path}", file=sys.stderr)
     failed = [
         (w["name"], key)

@@ -149,3 +149,106 @@ def test_zodbshootout_runs_through_both_stacks(tmp_path: Path) -> None:
             assert math.isfinite(row[key]), row
             assert row[key] > 0, row
     assert "| 2 | read 50 cold objects |" in (output / "SHOOTOUT.md").read_text()
+
+
+#: The scaling workloads' quick mode: two fan-out points, one reader count,
+#: and (``--big``) the big-database workloads on a few thousand objects.
+SCALING_CURVES = {"fanout_0", "fanout_4", "ceiling_2"}
+SCALING_WORKLOADS = {
+    *SCALING_CURVES,
+    "delay_idle",
+    "delay_busy",
+    "big_start_index",
+    "big_start_noindex",
+    "big_reconnect_short",
+    "big_reconnect_long",
+    "big_pack",
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_quick_scaling_run_writes_tables_plots_and_ratios(tmp_path: Path) -> None:
+    """``bench.scaling --quick --big``: ZEO 6 and ours measured in one run,
+    the floor on the curves, every row with a ratio and the figures its
+    workload reports, the plots drawn and embedded in the matrix's
+    ``RESULTS.md`` when that is beside them."""
+    output = tmp_path / "results"
+    output.mkdir()
+    matrix = {
+        "command": "python -m bench",
+        "baseline": "zeo-zeo",
+        "systems": [{"key": "zeo-zeo", "label": "ZEO"}],
+        "options": {"runs": 1},
+        "encodings": {},
+        "machine": {
+            "cpu_model": "cpu",
+            "cores": 2,
+            "ram_gib": 1,
+            "os": "os",
+            "python": "python",
+            "packages": {},
+            "load_average_at_start": [0, 0, 0],
+        },
+        "workloads": [],
+        "skipped": [],
+        "elapsed_s": 1.0,
+    }
+    (output / "results.json").write_text(json.dumps(matrix))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.scaling",
+            "--quick",
+            "--big",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads((output / "scaling.json").read_text())
+    assert [s["key"] for s in results["systems"]] == ["zeo-zeo", "ours-ours", "floor"]
+    rows = {workload["name"]: workload for workload in results["workloads"]}
+    assert set(rows) == SCALING_WORKLOADS
+    for name, row in rows.items():
+        floor = {"floor"} if name in SCALING_CURVES else set()
+        systems = {"zeo-zeo", "ours-ours", *floor}
+        assert set(row["results"]) == systems, name
+        for system, entry in row["results"].items():
+            assert entry["errors"] == [], (name, system)
+            assert isinstance(entry["ratio"], float), (name, system, entry)
+            assert math.isfinite(entry["ratio"]), (name, system, entry)
+            if not name.startswith("big_"):
+                assert entry["extras"]["operations"] > 0, (name, system)
+    listeners = rows["fanout_4"]["results"]["ours-ours"]["extras"]
+    assert listeners["listener_cpu_per_invalidation_us"] > 0
+    assert listeners["server_cpu_per_commit_us"] > 0
+    assert (
+        "listener_cpu_per_invalidation_us"
+        not in (rows["fanout_0"]["results"]["ours-ours"]["extras"])
+    )
+    reads = rows["ceiling_2"]["results"]["zeo-zeo"]["extras"]
+    assert reads["operations"] == 200  # the pool, read once between the readers
+    assert reads["ceiling_loads_per_s"] > 0
+    assert rows["delay_busy"]["results"]["ours-ours"]["extras"]["operations"] == 20
+    for system in ("zeo-zeo", "ours-ours"):
+        big = {name: rows[name]["results"][system]["extras"] for name in rows}
+        assert big["big_start_noindex"]["server_rss_MiB"] > 0
+        # Inside the invalidation queue the cache is kept; past it, dropped.
+        assert big["big_reconnect_short"]["cache_kept"] > 0.9, system
+        assert big["big_reconnect_long"]["cache_kept"] < 0.1, system
+        assert big["big_pack"]["commits_during_pack"] >= 1, system
+    for plot in ("scaling_fanout.png", "scaling_ceiling.png"):
+        assert (output / plot).read_bytes().startswith(PNG_SIGNATURE), plot
+    scaling = (output / "SCALING.md").read_text()
+    assert "![fanout](scaling_fanout.png)" in scaling
+    assert "| delay_busy | lower |" in scaling
+    page = (output / "RESULTS.md").read_text()
+    assert "![ceiling](scaling_ceiling.png)" in page
+    assert "[SCALING.md](SCALING.md)" in page

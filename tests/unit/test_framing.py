@@ -125,3 +125,23 @@ def test_frame_too_large_is_a_remote_protocol_error() -> None:
 def test_default_maximum_is_generous_but_bounded() -> None:
     assert FrameDecoder().max_frame_size == DEFAULT_MAX_FRAME_SIZE
     assert 16 * 1024 * 1024 <= DEFAULT_MAX_FRAME_SIZE < 2**32 - 1
+
+
+def test_a_chunk_that_looks_like_one_frame_continues_the_pending_one() -> None:
+    """One whole frame per chunk is the usual case; a chunk that would be a
+    whole frame by itself, while an earlier frame is incomplete, is the
+    rest of that frame."""
+    inner = encode_frame(b"zz")  # a frame's payload that is a frame itself
+    outer = encode_frame(inner)
+    decoder = FrameDecoder()
+    assert decoder.feed(outer[:4]) == []
+    assert decoder.feed(outer[4:]) == [inner]
+    assert decoder.feed(inner) == [b"zz"]
+    assert decoder.feed(encode_frame(b"")) == [b""]
+    assert decoder.pending == 0
+
+
+def test_an_oversized_frame_in_one_whole_chunk_is_refused() -> None:
+    decoder = FrameDecoder(max_frame_size=10)
+    with pytest.raises(FrameTooLargeError):
+        decoder.feed(encode_frame(b"x" * 11))

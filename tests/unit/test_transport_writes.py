@@ -14,6 +14,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import maxtid, p64
 
 from zodbserver.protocol import ClientConnection, ErrorReply, Reply
+from zodbserver.server import transport as transport_module
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.storage_server import StorageServer
 from zodbserver.server.transport import (
@@ -208,3 +209,59 @@ def test_a_client_that_reads_nothing_while_invalidations_pile_up_is_closed() -> 
     # What was buffered when reading paused, and the hard limit's worth more.
     assert transport.most_buffered < limit + hard + 256 * 1024
     assert server.traffic.closed["slow_client"] == 1
+
+
+def test_a_commit_is_encoded_once_for_every_session_it_is_published_to() -> None:
+    """Every other session gets the same frame object for one commit, a
+    later commit of the same oids gets its own, and the shared frame is
+    let go of once the loop has published."""
+
+    async def scenario() -> tuple[list[FakeTransport], list[list[Any]], bool]:
+        server = StorageServer({"1": MappingStorage()}, ServerSettings())
+        server.attach(asyncio.get_running_loop())
+        transports, clients = [], []
+        for _ in range(3):
+            protocol = ServerProtocol(server, set())
+            transport = FakeTransport()
+            transport.protocol = protocol
+            protocol.connection_made(transport)
+            client = ClientConnection()
+            (greeting,) = transport.writes.pop()
+            client.receive_data(greeting)
+            protocol.data_received(
+                client.handshake() + client.call(1, "register", ("1", True))
+            )
+            await asyncio.sleep(0)
+            transport.writes.clear()
+            transports.append(transport)
+            clients.append(client)
+        hosted = server.hosted["1"]
+        oids = [p64(7), p64(9)]
+        hosted.publish_commit(None, p64(10**6), oids)
+        await asyncio.sleep(0)
+        hosted.publish_commit(None, p64(10**6 + 1), oids)
+        await asyncio.sleep(0)
+        released = not transport_module._shared_invalidations
+        received = [
+            [
+                (event.method, event.args)
+                for write in transport.writes
+                for data in write
+                for event in client.receive_data(data)
+            ]
+            for transport, client in zip(transports, clients, strict=True)
+        ]
+        return transports, received, released
+
+    transports, received, released = asyncio.run(scenario())
+    expected = [
+        ("invalidateTransaction", (p64(10**6), (p64(7), p64(9)))),
+        ("invalidateTransaction", (p64(10**6 + 1), (p64(7), p64(9)))),
+    ]
+    for events in received:
+        assert [(m, (tid, tuple(oids))) for m, (tid, oids) in events] == expected
+    first, second = ([write[0] for write in t.writes] for t in transports[:2])
+    assert first[0] is second[0]
+    assert first[1] is second[1]
+    assert first[0] != first[1]
+    assert released

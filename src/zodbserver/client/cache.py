@@ -155,9 +155,18 @@ class ClientCache:
             # tid == start: the record already holds what tid wrote.
 
     def invalidate_all(self, oids: Iterable[bytes], tid: bytes | None) -> None:
+        """``invalidate`` each of ``oids``, under one hold of the lock."""
         with self.lock:
+            current = self._current
             for oid in oids:
-                self.invalidate(oid, tid)
+                start = current.get(oid)
+                if start is None:
+                    continue
+                if tid is None:
+                    del current[oid]
+                    self._remove((oid, start))
+                elif tid > start:
+                    self._close_current(oid, tid)
 
     def set_last_tid(self, tid: bytes) -> None:
         """Record that the cache reflects every commit up to ``tid``."""

@@ -86,7 +86,17 @@ class _Connection:
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed received bytes; return the events they complete."""
-        return list(self.iter_events(data))
+        if self.state is not State.OPEN:
+            return list(self.iter_events(data))
+        codec = self._codec
+        assert codec is not None
+        receive = self._receive_message
+        try:
+            payloads = self._frames.feed(data)
+            return [receive(*codec.decode(payload)) for payload in payloads]
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
 
     def iter_events(self, data: bytes) -> Iterator[Event]:
         """Feed received bytes; yield the events they complete, each decoded

@@ -61,6 +61,11 @@ class FrameDecoder:
         """
         if type(data) is not bytes:
             data = bytes(data)
+        if not self._missing and not self._head and len(data) > _HEADER:
+            # The usual chunk: one whole frame (a reply, an invalidation).
+            size = int.from_bytes(data[:_HEADER], "big")
+            if size + _HEADER == len(data) and size <= self.max_frame_size:
+                return [data[_HEADER:]]
         frames: list[bytes] = []
         position = 0
         if self._missing:

@@ -57,6 +57,12 @@ HARD_LIMIT_FACTOR = 4
 #: ... and never less than this.
 HARD_LIMIT_FLOOR = 16 * 1024 * 1024
 
+INVALIDATE = "invalidateTransaction"
+#: Per encoding, the last ``(tid, oids, frame)`` sent by ``send_async``: the
+#: sessions a commit is published to share one encoded frame.  Cleared by a
+#: callback once the loop is done publishing.
+_shared_invalidations: dict[bytes | None, tuple[bytes, Any, bytes]] = {}
+
 #: How a TLS client's first bytes begin: a handshake record, TLS 1.x.  No
 #: ZEO frame starts so: its length prefix would be over 369 MB.
 TLS_HANDSHAKE = b"\x16\x03"
@@ -263,7 +269,25 @@ class ServerProtocol(asyncio.Protocol):
 
     def send_async(self, method: str, args: tuple[Any, ...]) -> None:
         if not self.closed and self.connection.state is State.OPEN:
-            self._write(self.connection.call_async(method, args))
+            if method == INVALIDATE:
+                self._write(self._invalidation_frame(args))
+            else:
+                self._write(self.connection.call_async(method, args))
+
+    def _invalidation_frame(self, args: tuple[Any, ...]) -> bytes:
+        """The frame of ``invalidateTransaction(tid, oids)``, encoded once
+        for every session it goes to: a commit hands each the same list."""
+        tid, oids = args
+        encoding = self.connection.encoding
+        shared = _shared_invalidations.get(encoding)
+        if shared is not None and shared[1] is oids and shared[0] == tid:
+            return shared[2]
+        frame = self.connection.call_async(INVALIDATE, args)
+        if not _shared_invalidations:
+            # Let go of the oids and the frame once this commit is published.
+            self._loop.call_soon(_shared_invalidations.clear)
+        _shared_invalidations[encoding] = (tid, oids, frame)
+        return frame
 
     def _send_async_data(self, method: str, args: tuple[Any, ...], data: Chunk) -> None:
         """``send_async(method, (*args, data))`` without copying ``data``."""
