@@ -14,7 +14,6 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import maxtid, p64
 
 from zodbserver.protocol import ClientConnection, ErrorReply, Reply
-from zodbserver.server import transport as transport_module
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.storage_server import StorageServer
 from zodbserver.server.transport import (
@@ -241,7 +240,7 @@ def test_a_commit_is_encoded_once_for_every_session_it_is_published_to() -> None
         await asyncio.sleep(0)
         hosted.publish_commit(None, p64(10**6 + 1), oids)
         await asyncio.sleep(0)
-        released = not transport_module._shared_invalidations
+        released = not server.shared_invalidations
         received = [
             [
                 (event.method, event.args)

@@ -298,6 +298,10 @@ class StorageServer:
             name: HostedStorage(name, storage, settings)
             for name, storage in storages.items()
         }
+        #: Per encoding, the last ``(tid, oids, frame)`` of an invalidation
+        #: sent: the sessions a commit is published to share one encoded
+        #: frame (``transport``); emptied once the loop is done publishing.
+        self.shared_invalidations: dict[bytes | None, tuple[bytes, Any, bytes]] = {}
         #: This server's role: primary, or replica of ``replicate_from``.
         self.replication = ReplicationControl(self)
         #: Who may do what (``access``); None: everyone everything.

@@ -58,10 +58,6 @@ HARD_LIMIT_FACTOR = 4
 HARD_LIMIT_FLOOR = 16 * 1024 * 1024
 
 INVALIDATE = "invalidateTransaction"
-#: Per encoding, the last ``(tid, oids, frame)`` sent by ``send_async``: the
-#: sessions a commit is published to share one encoded frame.  Cleared by a
-#: callback once the loop is done publishing.
-_shared_invalidations: dict[bytes | None, tuple[bytes, Any, bytes]] = {}
 
 #: How a TLS client's first bytes begin: a handshake record, TLS 1.x.  No
 #: ZEO frame starts so: its length prefix would be over 369 MB.
@@ -279,14 +275,15 @@ class ServerProtocol(asyncio.Protocol):
         for every session it goes to: a commit hands each the same list."""
         tid, oids = args
         encoding = self.connection.encoding
-        shared = _shared_invalidations.get(encoding)
+        shared_invalidations = self.server.shared_invalidations
+        shared = shared_invalidations.get(encoding)
         if shared is not None and shared[1] is oids and shared[0] == tid:
             return shared[2]
         frame = self.connection.call_async(INVALIDATE, args)
-        if not _shared_invalidations:
+        if not shared_invalidations:
             # Let go of the oids and the frame once this commit is published.
-            self._loop.call_soon(_shared_invalidations.clear)
-        _shared_invalidations[encoding] = (tid, oids, frame)
+            self._loop.call_soon(shared_invalidations.clear)
+        shared_invalidations[encoding] = (tid, oids, frame)
         return frame
 
     def _send_async_data(self, method: str, args: tuple[Any, ...], data: Chunk) -> None:
