@@ -50,6 +50,7 @@ from ZODB.FileStorage import FileStorage
 
 from bench.processes import Children, free_port, wait_listening
 from bench.report import machine
+from bench.workloads import commit_latencies
 from zodbserver.peer_call import call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,19 +176,7 @@ def _commits(
         )
         for index in range(clients)
     ]
-    try:
-        for worker in workers:
-            worker.expect("READY", START_TIMEOUT)
-        for worker in workers:
-            worker.send(f"GO {seconds}")
-        latencies: list[float] = []
-        for worker in workers:
-            result = json.loads(worker.expect("RESULT", seconds + START_TIMEOUT))
-            latencies.extend(result["latencies"])
-        return latencies
-    finally:
-        for worker in workers:
-            children.reap(worker)
+    return commit_latencies(children, workers, seconds)
 
 
 def _percentile(values: Sequence[float], fraction: float) -> float:

@@ -319,6 +319,14 @@ def _process_commits(
     system: System, context: Context, clients: int, duration: float
 ) -> list[float]:
     workers = [_worker(context, system, "commit", index) for index in range(clients)]
+    return commit_latencies(context.children, workers, duration)
+
+
+def commit_latencies(
+    children: Children, workers: list[Child], duration: float
+) -> list[float]:
+    """Start ``commit`` workers together, for ``duration``; every commit's
+    latency.  The workers are reaped."""
     try:
         for worker in workers:
             worker.expect("READY", START_TIMEOUT)
@@ -331,7 +339,7 @@ def _process_commits(
         return latencies
     finally:
         for worker in workers:
-            context.children.reap(worker)
+            children.reap(worker)
 
 
 def _thread_commits(system: System, clients: int, duration: float) -> list[float]:

@@ -84,15 +84,27 @@ class FakeTransport:
         return ("127.0.0.1", 4242) if name == "peername" else default
 
 
-async def pipelined_loads(calls: int) -> tuple[FakeTransport, list[Any]]:
-    server = StorageServer({"1": MappingStorage()}, ServerSettings())
-    server.attach(asyncio.get_running_loop())
+def connect(
+    server: StorageServer, *, paced: bool = True
+) -> tuple[ServerProtocol, FakeTransport, ClientConnection]:
+    """A connection to ``server`` over a fake transport, its greeting read
+    by the client; ``paced``: the transport tells the protocol when its
+    buffer passes the limit."""
     protocol = ServerProtocol(server, set())
     transport = FakeTransport()
+    if paced:
+        transport.protocol = protocol
     protocol.connection_made(transport)
     client = ClientConnection()
     (greeting,) = transport.writes.pop()
     client.receive_data(greeting)
+    return protocol, transport, client
+
+
+async def pipelined_loads(calls: int) -> tuple[FakeTransport, list[Any]]:
+    server = StorageServer({"1": MappingStorage()}, ServerSettings())
+    server.attach(asyncio.get_running_loop())
+    protocol, transport, client = connect(server, paced=False)
     chunk = client.handshake() + client.call(1, "register", ("1", True))
     for msgid in range(2, calls + 2):  # the empty storage answers POSKeyError
         chunk += client.call(msgid, "loadBefore", (p64(0), maxtid))
@@ -131,13 +143,7 @@ async def pipelined_big_loads(
         {"1": storage}, ServerSettings(connection_buffer_limit=limit)
     )
     server.attach(asyncio.get_running_loop())
-    protocol = ServerProtocol(server, set())
-    transport = FakeTransport()
-    transport.protocol = protocol
-    protocol.connection_made(transport)
-    client = ClientConnection()
-    (greeting,) = transport.writes.pop()
-    client.receive_data(greeting)
+    protocol, transport, client = connect(server)
     chunk = client.handshake() + client.call(1, "register", ("1", True))
     for msgid in range(2, calls + 2):
         chunk += client.call(msgid, "loadBefore", (p64(0), maxtid))
@@ -181,13 +187,7 @@ def test_a_client_that_reads_nothing_while_invalidations_pile_up_is_closed() -> 
             {"1": MappingStorage()}, ServerSettings(connection_buffer_limit=limit)
         )
         server.attach(asyncio.get_running_loop())
-        protocol = ServerProtocol(server, set())
-        transport = FakeTransport()
-        transport.protocol = protocol
-        protocol.connection_made(transport)
-        client = ClientConnection()
-        (greeting,) = transport.writes.pop()
-        client.receive_data(greeting)
+        protocol, transport, client = connect(server)
         protocol.data_received(
             client.handshake() + client.call(1, "register", ("1", True))
         )
@@ -220,13 +220,7 @@ def test_a_commit_is_encoded_once_for_every_session_it_is_published_to() -> None
         server.attach(asyncio.get_running_loop())
         transports, clients = [], []
         for _ in range(3):
-            protocol = ServerProtocol(server, set())
-            transport = FakeTransport()
-            transport.protocol = protocol
-            protocol.connection_made(transport)
-            client = ClientConnection()
-            (greeting,) = transport.writes.pop()
-            client.receive_data(greeting)
+            protocol, transport, client = connect(server)
             protocol.data_received(
                 client.handshake() + client.call(1, "register", ("1", True))
             )
