@@ -30,7 +30,7 @@ from .storage_api import (
     ServedStorage,
     TransactionRecord,
 )
-from .storage_server import StorageInfo
+from .storage_server import HostedStorage, StorageInfo
 from .tasks import Later
 from .transaction_calls import TransactionCalls
 
@@ -49,10 +49,13 @@ RecordHeader = tuple[bytes, bytes, bytes | None, bytes | None]
 class Session(TransactionCalls, ReplicationCalls):
     """The server side of one client connection."""
 
+    #: ``register`` waits for the storage to be current before it joins.
+    _joining = False
+
     # -- connection -------------------------------------------------------
 
-    def register(self, storage_name: str, read_only: bool) -> bytes:
-        if self.hosted is not None:
+    def register(self, storage_name: str, read_only: bool) -> bytes | Later[bytes]:
+        if self.hosted is not None or self._joining:
             raise ValueError("duplicate register() call")
         hosted = self.server.hosted.get(storage_name)
         if hosted is None:
@@ -69,6 +72,23 @@ class Session(TransactionCalls, ReplicationCalls):
             or hosted.read_only
             or self.access < Access.WRITE
         )
+        if hosted.mvcc is not None:
+            # It may come from another server on the same database, having
+            # seen commits this server has not published yet.
+            self._joining = True
+            return Later(self._join_when_current(hosted, storage_name))
+        return self._join(hosted, storage_name)
+
+    async def _join_when_current(
+        self, hosted: HostedStorage, storage_name: str
+    ) -> bytes:
+        try:
+            await hosted.catch_up()
+        finally:
+            self._joining = False
+        return self._join(hosted, storage_name)
+
+    def _join(self, hosted: HostedStorage, storage_name: str) -> bytes:
         self.hosted = hosted
         hosted.sessions.add(self)
         self.last_tid = hosted.last_tid
@@ -83,10 +103,23 @@ class Session(TransactionCalls, ReplicationCalls):
     def get_info(self) -> StorageInfo:
         return self._hosted.info()
 
-    def lastTransaction(self) -> bytes:
+    # What another server on the same database committed before a client
+    # asks is published before the answer (``catch_up``): a client that
+    # syncs sees every commit acknowledged to anyone before.
+
+    def lastTransaction(self) -> bytes | Later[bytes]:
+        hosted = self._hosted
+        if hosted.mvcc is not None:
+            return Later(self._last_transaction_when_current())
+        return hosted.last_tid
+
+    async def _last_transaction_when_current(self) -> bytes:
+        await self._hosted.catch_up()
         return self._hosted.last_tid
 
-    def ping(self) -> None:
+    def ping(self) -> Later[None] | None:
+        if self.hosted is not None and self.hosted.mvcc is not None:
+            return Later(self.hosted.catch_up())
         return None
 
     def server_status(self) -> SessionStatus:
@@ -133,8 +166,12 @@ class Session(TransactionCalls, ReplicationCalls):
     # finish, and waits for it without a thread: it is read on the loop
     # once the finish is done.
 
+    # A storage on a database server (``mvcc``) has every read wait for
+    # the database, so every read goes to a worker thread.
+
     def _read(self, function: Callable[..., T], *args: Any) -> T | Later[T]:
-        if self._hosted.running:
+        hosted = self._hosted
+        if hosted.running or hosted.reads_wait:
             return Later(self.server.tasks.run_in_thread(function, *args))
         return function(*args)
 
@@ -142,9 +179,30 @@ class Session(TransactionCalls, ReplicationCalls):
         hosted = self._hosted
         hosted.stats.loads += 1
         self.loads += 1
+        if hosted.mvcc is not None:
+            return Later(self._load_from_database(oid, before))
         if hosted.finishing:
             return Later(self._load_after_finish(oid, before))
         return hosted.storage.loadBefore(oid, before)
+
+    async def _load_from_database(self, oid: bytes, before: bytes) -> LoadResult:
+        """``loadBefore`` in a worker thread, answered in order with the
+        invalidations: an answer that says its revision is current must not
+        reach the client after the invalidation of a newer one (see
+        ``_load_after_finish``), so an answer read in a snapshot older than
+        an invalidation of the object published meanwhile is read again."""
+        hosted = self._hosted
+        mvcc = hosted.mvcc
+        assert mvcc is not None
+        while True:
+            result, seen = await self.server.tasks.run_in_thread(
+                mvcc.load_before, oid, before
+            )
+            if result is None or result[2] is not None or hosted.last_tid <= seen:
+                return result
+            changed = hosted.invalidations.since(seen)
+            if changed is not None and oid not in changed[1]:
+                return result
 
     async def _load_after_finish(self, oid: bytes, before: bytes) -> LoadResult:
         """``loadBefore`` on the loop once the finish under way is done.
@@ -300,7 +358,11 @@ class Session(TransactionCalls, ReplicationCalls):
             close()
 
     async def sendBlob(self, oid: bytes, serial: bytes) -> None:
-        path = blob_storage(self.storage).loadBlob(oid, serial)
+        load_blob = blob_storage(self.storage).loadBlob
+        if self._hosted.reads_wait:
+            path = await self.server.tasks.run_in_thread(load_blob, oid, serial)
+        else:
+            path = load_blob(oid, serial)
         await self.peer.send_blob(oid, serial, path)
 
     # -- end of the connection ----------------------------------------------

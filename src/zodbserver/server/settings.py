@@ -55,6 +55,9 @@ class ServerSettings:
     #: Seconds a connection may stay over its buffer limit before it is
     #: closed, as a client that does not read its replies.
     slow_client_timeout: float = 300.0
+    #: Seconds between looks for the commits other servers made to a
+    #: database storage (``mvcc``) they share with this one.
+    database_poll_interval: float = 0.1
     #: The primary this server follows as a read-only replica
     #: (``follower``); None: it is a primary.
     replicate_from: Address | None = None

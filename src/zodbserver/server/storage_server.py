@@ -28,6 +28,7 @@ from .access import AccessRules, load_rules
 from .commit import CommitLock
 from .commit_times import CommitTimes
 from .invalidations import InvalidationQueue
+from .mvcc import MVCCHosting, is_mvcc
 from .recovery import forget_unfinished_transaction
 from .replication import Replication
 from .replication_control import ReplicationControl
@@ -100,8 +101,21 @@ class HostedStorage:
         self, name: str, storage: ServedStorage, settings: ServerSettings
     ) -> None:
         self.name = name
+        #: An ``IMVCCStorage`` is served through instances of its own
+        #: (``mvcc``); None for every other storage.
+        self.mvcc: MVCCHosting | None = None
+        if is_mvcc(storage):
+            if settings.replicate_from is not None:
+                raise ConfigurationError(
+                    f"storage {name!r}: a replica cannot follow into a "
+                    "storage that has replicas of its own (its database)"
+                )
+            storage = self.mvcc = MVCCHosting(storage)
         self.storage = storage
         self.settings = settings
+        #: Reads may wait on something slower than the page cache (a
+        #: database server): they are answered from worker threads.
+        self.reads_wait = self.mvcc is not None
         #: Clients may not write: a read-only server or storage, a replica,
         #: a primary not yet sure it was not replaced (``fencing``).
         self.read_only = (
@@ -136,11 +150,51 @@ class HostedStorage:
         if settings.client_conflict_resolution:
             storage.tryToResolveConflict = _refuse_conflict_resolution
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop, tasks: ServerTasks) -> None:
         """Start serving on ``loop``: tell the storage about us."""
+        if self.mvcc is not None:
+            tasks.spawn(self._look_for_changes(), service=True)
+            return
         register = getattr(self.storage, "registerDB", None)
         if register is not None:
             register(_StorageEvents(self, loop))
+
+    async def _look_for_changes(self) -> None:
+        """Have the storage thread look for what other processes committed,
+        every ``database_poll_interval`` seconds."""
+        mvcc = self.mvcc
+        assert mvcc is not None
+        interval = self.settings.database_poll_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.submit(mvcc.look_for_changes)
+            except Exception as error:
+                logger.error(
+                    "storage %r: cannot look for commits of other servers: %s",
+                    self.name,
+                    error,
+                    exc_info=True,
+                )
+
+    async def catch_up(self) -> None:
+        """Publish what other servers on the same database committed until
+        now (``mvcc``); nothing to do for other storages."""
+        if self.mvcc is not None:
+            await self.submit(self.mvcc.look_for_changes)
+
+    def _publish_found(self, _: asyncio.Future[Any]) -> None:
+        """Publish the commits of other processes that a storage-thread call
+        found, before whoever waits for the call resumes."""
+        mvcc = self.mvcc
+        assert mvcc is not None
+        found = mvcc.found
+        while found:
+            tid, oids = found.popleft()
+            if oids is None:
+                self.reset_clients()
+            else:
+                self.publish_commit(None, tid, oids)
 
     def submit(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue a storage call for this storage's transaction thread.
@@ -149,6 +203,9 @@ class HostedStorage:
         submitted after another never sees the storage before that one ends.
         """
         future = self._worker.submit(asyncio.get_running_loop(), function, args)
+        if self.mvcc is not None:
+            # First of the future's callbacks: before its waiter resumes.
+            future.add_done_callback(self._publish_found)
         self.running.add(future)
         future.add_done_callback(self.running.discard)
         return future
@@ -326,7 +383,7 @@ class StorageServer:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         for hosted in self.hosted.values():
-            hosted.attach(loop)
+            hosted.attach(loop, self.tasks)
 
     async def promote(self) -> dict[str, Any]:
         return await self.replication.promote()

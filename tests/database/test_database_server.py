@@ -1,0 +1,228 @@
+"""Our servers on RelStorage over a real PostgreSQL: one and several."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import transaction
+from BTrees.Length import Length
+from persistent.mapping import PersistentMapping
+from ZODB.blob import Blob
+from ZODB.POSException import ConflictError
+
+from support.database import RelStorageServers
+from support.waiting import wait_until
+
+WRITERS = 8
+INCREMENTS = 25
+
+
+def _commit_root(db: Any, **items: Any) -> None:
+    with db.transaction() as connection:
+        connection.root().update(items)
+
+
+def _increment_counters(
+    dbs: list[Any], increments: int, errors: list[BaseException]
+) -> list[int]:
+    """Each writer adds 1 to its own counter and to a shared one
+    ``increments`` times; the commits each made.  The shared counter is a
+    ``BTrees.Length``, whose conflicts the server resolves."""
+    made = [0] * len(dbs)
+
+    def write(index: int) -> None:
+        manager = transaction.TransactionManager()
+        connection = dbs[index].open(manager)
+        try:
+            for _ in range(increments):
+                for attempt in manager.attempts(50):
+                    with attempt:
+                        root = connection.root()
+                        root["shared"].change(1)
+                        root["own"][index]["n"] += 1
+                made[index] += 1
+        except BaseException as error:  # noqa: BLE001 -- reported by the test
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(dbs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return made
+
+
+def _sync(dbs: list[Any]) -> None:
+    """Have each client's server publish what the others committed."""
+    for db in dbs:
+        db.storage.ping()
+
+
+def _set_up_counters(db: Any) -> None:
+    with db.transaction() as connection:
+        root = connection.root()
+        root["shared"] = Length()
+        root["own"] = [PersistentMapping(n=0) for _ in range(WRITERS)]
+
+
+def _read_counters(db: Any) -> tuple[int, list[int]]:
+    with db.transaction() as connection:
+        root = connection.root()
+        return root["shared"](), [own["n"] for own in root["own"]]
+
+
+def test_eight_writers_through_one_server_lose_no_update(
+    servers: RelStorageServers,
+) -> None:
+    address = servers.start()
+    dbs = [servers.db(address) for _ in range(WRITERS)]
+    _set_up_counters(dbs[0])
+    errors: list[BaseException] = []
+    made = _increment_counters(dbs, INCREMENTS, errors)
+    assert errors == []
+    assert made == [INCREMENTS] * WRITERS
+    reader = servers.db(address)
+    shared, own = _read_counters(reader)
+    assert shared == WRITERS * INCREMENTS
+    assert own == [INCREMENTS] * WRITERS
+
+
+def test_a_commit_through_one_server_reaches_the_clients_of_another(
+    servers: RelStorageServers,
+) -> None:
+    first, second = servers.start(), servers.start()
+    writer, reader = servers.db(first), servers.db(second)
+    manager = transaction.TransactionManager()
+    connection = reader.open(manager)
+    assert "x" not in connection.root()
+    _commit_root(writer, x=1)
+    committed = writer.storage.lastTransaction()
+    # Pushed, not polled by the client: it only waits.
+    wait_until(
+        lambda: reader.storage.lastTransaction() >= committed,
+        "the invalidation from the other server",
+    )
+    manager.begin()
+    assert connection.root()["x"] == 1
+    connection.close()
+
+
+def test_a_client_that_syncs_sees_what_another_server_committed(
+    servers: RelStorageServers,
+) -> None:
+    # A long poll interval: only the sync can make it current in time.
+    first = servers.start(database_poll_interval=3600)
+    second = servers.start(database_poll_interval=3600)
+    writer = servers.db(first)
+    reader_storage = servers.client(second, server_sync=True)
+    _commit_root(writer, x=2)
+    committed = writer.storage.lastTransaction()
+    assert reader_storage.lastTransaction() < committed
+    reader_storage.sync()
+    assert reader_storage.lastTransaction() >= committed
+
+
+def test_eight_writers_through_two_servers_lose_no_update(
+    servers: RelStorageServers,
+) -> None:
+    addresses = [servers.start(), servers.start()]
+    dbs = [servers.db(addresses[i % 2]) for i in range(WRITERS)]
+    _set_up_counters(dbs[0])
+    _sync(dbs)
+    errors: list[BaseException] = []
+    made = _increment_counters(dbs, INCREMENTS, errors)
+    assert errors == []
+    assert made == [INCREMENTS] * WRITERS
+    for address in addresses:
+        shared, own = _read_counters(servers.db(address))
+        assert shared == WRITERS * INCREMENTS
+        assert own == [INCREMENTS] * WRITERS
+
+
+def test_conflicting_commits_through_two_servers(servers: RelStorageServers) -> None:
+    first, second = servers.start(), servers.start()
+    one, two = servers.db(first), servers.db(second)
+    _commit_root(one, value=PersistentMapping(n=0))
+    wait_until(
+        lambda: two.storage.lastTransaction() >= one.storage.lastTransaction(),
+        "the set-up commit at the second server",
+    )
+    manager_one, manager_two = (transaction.TransactionManager() for _ in "12")
+    connection_one, connection_two = one.open(manager_one), two.open(manager_two)
+    connection_one.root()["value"]["n"] = 1
+    connection_two.root()["value"]["n"] = 2
+    manager_one.commit()
+    try:
+        manager_two.commit()
+    except ConflictError:
+        manager_two.abort()
+        outcome = "refused"
+    else:
+        outcome = "committed"
+    assert outcome == "refused"
+    for db in (one, two):
+        manager = transaction.TransactionManager()
+        connection = db.open(manager)
+        connection.sync()
+        assert connection.root()["value"]["n"] == 1
+        connection.close()
+    connection_one.close()
+    connection_two.close()
+
+
+def test_a_blob_committed_through_one_server_is_read_through_another(
+    servers: RelStorageServers,
+) -> None:
+    first, second = servers.start(), servers.start()
+    writer, reader = servers.db(first), servers.db(second)
+    data = bytes(range(256)) * 4000
+    with writer.transaction() as connection:
+        blob = Blob()
+        with blob.open("w") as file:
+            file.write(data)
+        connection.root()["blob"] = blob
+    committed = writer.storage.lastTransaction()
+    wait_until(
+        lambda: reader.storage.lastTransaction() >= committed,
+        "the blob commit at the second server",
+    )
+    with reader.transaction() as connection:
+        with connection.root()["blob"].open() as file:
+            assert file.read() == data
+
+
+def test_invalidations_arrive_in_tid_order_while_two_servers_commit(
+    servers: RelStorageServers,
+) -> None:
+    first, second = servers.start(), servers.start()
+    seen: list[bytes] = []
+
+    class Listener:
+        def invalidate(self, tid: bytes, oids: Any) -> None:
+            seen.append(tid)
+
+        def invalidateCache(self) -> None:
+            seen.append(b"all")
+
+        def transform_record_data(self, data: bytes) -> bytes:
+            return data
+
+        untransform_record_data = transform_record_data
+
+    listening = servers.client(first)
+    listening.registerDB(Listener())
+    dbs = [servers.db(first), servers.db(second), servers.db(second)]
+    _set_up_counters(dbs[0])
+    _sync(dbs)
+    errors: list[BaseException] = []
+    _increment_counters(dbs, 15, errors)
+    assert errors == []
+    last = dbs[1].storage.lastTransaction()
+    listening.sync()
+    wait_until(lambda: seen and seen[-1] >= last, "the last invalidation")
+    assert b"all" not in seen
+    assert seen == sorted(set(seen))
