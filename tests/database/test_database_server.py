@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import transaction
@@ -43,7 +42,7 @@ def _increment_counters(
                         root["shared"].change(1)
                         root["own"][index]["n"] += 1
                 made[index] += 1
-        except BaseException as error:  # noqa: BLE001 -- reported by the test
+        except BaseException as error:
             errors.append(error)
         finally:
             connection.close()
@@ -190,9 +189,8 @@ def test_a_blob_committed_through_one_server_is_read_through_another(
         lambda: reader.storage.lastTransaction() >= committed,
         "the blob commit at the second server",
     )
-    with reader.transaction() as connection:
-        with connection.root()["blob"].open() as file:
-            assert file.read() == data
+    with reader.transaction() as connection, connection.root()["blob"].open() as file:
+        assert file.read() == data
 
 
 def test_invalidations_arrive_in_tid_order_while_two_servers_commit(

@@ -7,6 +7,7 @@ separate machines would have) and opens clients of them.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,9 @@ class RelStorageServers:
 
     def stop_all(self) -> None:
         for closing in reversed(self._closing):
-            try:
+            # Some are closed already, with their server.
+            with contextlib.suppress(Exception):
                 closing.close()
-            except Exception:  # noqa: BLE001 -- already closed with its server
-                pass
         self._closing.clear()
         for server in self.threads:
             server.stop()

@@ -191,7 +191,6 @@ class ChangeFeed:
         self._cursor: Any = None
         #: Every transaction up to this one is known to the server.
         self.tid = self._with_session(self._poller.get_current_tid)
-        import sys
 
     def _with_session(self, function: Callable[[Any], Any]) -> Any:
         if self._conn is None:
