@@ -473,11 +473,17 @@ class MVCCHosting:
         return result
 
     def tpc_vote(self, transaction: Any) -> Iterable[bytes] | None:
-        resolved: Iterable[bytes] | None = self._in_transaction("tpc_vote", transaction)
-        # The vote holds the database's commit lock: nothing else commits
-        # until this transaction ends, so what the feed finds now is every
-        # transaction before this one.
-        self._take(self._feed.look())
+        try:
+            resolved: Iterable[bytes] | None = self._in_transaction(
+                "tpc_vote", transaction
+            )
+        finally:
+            # A vote that succeeds holds the database's commit lock: nothing
+            # else commits until this transaction ends, so what the feed
+            # finds now is every transaction before this one.  A vote that
+            # fails on a conflict with another server's commit has the
+            # client told of that commit before it retries.
+            self._take(self._feed.look())
         return resolved
 
     def tpc_finish(

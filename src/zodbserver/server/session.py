@@ -198,7 +198,15 @@ class Session(TransactionCalls, ReplicationCalls):
             result, seen = await self.server.tasks.run_in_thread(
                 mvcc.load_before, oid, before
             )
-            if result is None or result[2] is not None or hosted.last_tid <= seen:
+            if result is None:
+                # No revision before ``before``: in a history-free database
+                # the one the client wants may have been overwritten by a
+                # commit this server has not published yet.  Publish it
+                # first, so that the client's retry reads in a snapshot
+                # that has it.
+                await hosted.catch_up()
+                return result
+            if result[2] is not None or hosted.last_tid <= seen:
                 return result
             changed = hosted.invalidations.since(seen)
             if changed is not None and oid not in changed[1]:
