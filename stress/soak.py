@@ -5,7 +5,7 @@
     .venv/bin/python -m stress.soak [--clients 64] [--minutes 10] [--seed S]
         [--interval 5] [--items 4000] [--clients-per-process 8]
         [--directory DIR] [--keep] [--output stress/results/soak.md]
-        [--plot stress/results/soak.png]
+        [--plot stress/results/soak.png | --no-plot]
 
 What it does
 ------------
@@ -85,9 +85,10 @@ The report (stdout, and ``--output`` as Markdown) gives the checks, the
 per-operation counts and p50/p90/p99/max latencies, the errors, the memory
 and fd figures with their slopes, per-minute samples, the plot (``--plot``,
 a PNG: an SVG of the curves, screenshotted by headless Chromium through
-``tests/support/browser.py``), and the machine with its load (other jobs may
-share it; latencies on a loaded 2-core machine are the machine's as much as
-the server's).  The exit status is 1 if any check failed.
+``tests/support/browser.py``; ``--no-plot`` draws none), and the machine
+with its load (other jobs may share it; latencies on a loaded 2-core
+machine are the machine's as much as the server's).  The exit status is 1
+if any check failed.
 """
 
 from __future__ import annotations
@@ -310,6 +311,9 @@ def parse(argv: Sequence[str] | None) -> Options:
         type=Path,
         help="the PNG of RSS and fds (default: the output's name with .png)",
     )
+    parser.add_argument(
+        "--no-plot", action="store_true", help="draw no PNG (no Chromium needed)"
+    )
     parser.add_argument("--no-output", action="store_true", help="stdout only")
     args = parser.parse_args(argv)
     if args.clients < len(ROLES):
@@ -318,6 +322,8 @@ def parse(argv: Sequence[str] | None) -> Options:
     plot = args.plot
     if plot is None and output is not None:
         plot = output.with_suffix(".png")
+    if args.no_plot:
+        plot = None
     return Options(
         clients=args.clients,
         seconds=args.minutes * 60,

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from support.commands import run_module
+
 ROOT = Path(__file__).resolve().parents[2]
 #: The quick mode's workloads: everything but 16 processes and 100 MB blobs.
 QUICK_WORKLOADS = {
@@ -70,21 +72,7 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
 
 
 def _run_bench(arguments: list[str], timeout: float) -> None:
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "bench", *arguments],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _, stderr = bench.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # SIGTERM lets the benchmark stop its servers, workers and scraper.
-        bench.terminate()
-        _, stderr = bench.communicate(timeout=30)
-        pytest.fail(f"the benchmark took over {timeout}s: {stderr[-3000:]}")
-    assert bench.returncode == 0, stderr[-3000:]
+    run_module("bench", arguments, timeout)
 
 
 @pytest.mark.timeout(90)

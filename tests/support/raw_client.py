@@ -23,7 +23,8 @@ class RawClient:
     """A socket driven through our sans-IO ``ClientConnection``.
 
     ``answer`` overrides the handshake answer (``b"Z5"`` speaks pickle to a
-    msgpack server; ``None`` echoes the server's letter).
+    msgpack server; ``None`` echoes the server's letter); ``timeout`` bounds
+    every wait on the socket.
     """
 
     def __init__(
@@ -32,8 +33,9 @@ class RawClient:
         *,
         answer: bytes | None = None,
         handshake: bool = True,
+        timeout: float = PROMPTLY,
     ) -> None:
-        self.sock = socket.create_connection(address, timeout=PROMPTLY)
+        self.sock = socket.create_connection(address, timeout=timeout)
         self.connection = ClientConnection()
         self.events: list[Any] = []
         self.async_calls: list[AsyncCall] = []
