@@ -297,6 +297,7 @@ def _settings(zeo: Any, environ: Mapping[str, str]) -> ServerSettings:
         register_timeout=zeo.register_timeout,
         connection_buffer_limit=zeo.connection_buffer_limit,
         slow_client_timeout=zeo.slow_client_timeout,
+        database_poll_interval=zeo.database_poll_interval,
         replicate_from=zeo.replicate_from,
         sync_replicas=zeo.sync_replicas,
         sync_replicas_timeout=zeo.sync_replicas_timeout,

@@ -46,6 +46,20 @@ class RelStorageServers:
             PostgreSQLAdapter(dsn=self.dsn, options=options), options=options
         )
 
+    def zeo_conf(self, name: str) -> str:
+        """The storage as a ``zeo.conf`` section, as an operator writes it."""
+        return (
+            "%import relstorage\n"
+            "<relstorage 1>\n"
+            f"  keep-history {'true' if self.keep_history else 'false'}\n"
+            f"  blob-dir {self.directory / f'blobcache-{name}'}\n"
+            "  shared-blob-dir false\n"
+            "  <postgresql>\n"
+            f"    dsn {self.dsn}\n"
+            "  </postgresql>\n"
+            "</relstorage>\n"
+        )
+
     def start(self, **settings: Any) -> Any:
         """Start one more server on the database; its address."""
         name = str(len(self.threads))

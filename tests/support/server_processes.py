@@ -48,12 +48,16 @@ class ServerProcess:
         blobs: bool = False,
         zeo_lines: tuple[str, ...] = (),
         environment: Mapping[str, str] | None = None,
+        storage_section: str | None = None,
     ) -> None:
         """``zeo_lines`` go into the ``<zeo>`` section (``<ssl>``, say);
         ``environment`` holds variables the child gets on top of ours (a
-        ``PYTHONPATH`` for another version of the server, say)."""
+        ``PYTHONPATH`` for another version of the server, say);
+        ``storage_section`` replaces the FileStorage (a ``<relstorage>``
+        section, with its ``%import`` line)."""
         assert kind in KINDS, kind
         self.zeo_lines = zeo_lines
+        self.storage_section = storage_section
         self.environment = dict(environment or {})
         self.kind = kind
         self.directory = directory
@@ -68,9 +72,12 @@ class ServerProcess:
         blob_line = f"  blob-dir {self.blob_dir}\n" if self.blob_dir else ""
         zeo = "".join(f"  {line}\n" for line in self.zeo_lines)
         conf = self.directory / f"{self.kind}-server.conf"
+        storage = self.storage_section or (
+            f"<filestorage 1>\n  path {self.path}\n{blob_line}</filestorage>\n"
+        )
         conf.write_text(
             f"<zeo>\n  address {self.address[0]}:{self.address[1]}\n{zeo}</zeo>\n"
-            f"<filestorage 1>\n  path {self.path}\n{blob_line}</filestorage>\n"
+            + storage
         )
         if self.kind == "zeo":
             return [sys.executable, "-m", "ZEO.runzeo", "-C", str(conf)]

@@ -193,13 +193,14 @@ class ChangeFeed:
         self.tid = self._with_session(self._poller.get_current_tid)
 
     def _with_session(self, function: Callable[[Any], Any]) -> Any:
-        if self._conn is None:
-            self._conn, self._cursor = self._connmanager.open_for_load()
-        else:
-            self._connmanager.restart_load(self._conn, self._cursor)
         try:
+            if self._conn is None:
+                self._conn, self._cursor = self._connmanager.open_for_load()
+            else:
+                self._connmanager.restart_load(self._conn, self._cursor)
             return function(self._cursor)
         except self._disconnected:
+            # The database went away: the next look opens a new session.
             self.close()
             raise
 
