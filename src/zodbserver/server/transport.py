@@ -12,7 +12,10 @@ Writes produced while handling one chunk of input are batched into a single
 deferred reply and the ``info`` before it, a blob's chunks): they are
 flushed by a callback scheduled with the first of them.  When a client
 stops reading and our send buffer fills up we stop reading from it too, so
-one slow client cannot make us buffer without bound.
+one slow client cannot make us buffer without bound.  Reading stops as
+well while the session's blob upload has more bytes waiting for a worker
+thread to write them than its bound (``hold_reading``): a client that
+sends faster than the disk takes makes the server buffer no more.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class ServerProtocol(asyncio.Protocol):
         #: Set while the transport's send buffer is below its high-water mark.
         self._writable = asyncio.Event()
         self._writable.set()
+        #: While not done, no more calls are read (``hold_reading``).
+        self._held: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -174,7 +179,7 @@ class ServerProtocol(asyncio.Protocol):
                 ):
                     self._flush()
                     self._batch = []
-                if not self._writable.is_set():
+                if not self._may_read():
                     self._backlog = events
                     break
         except RemoteProtocolError as exc:
@@ -217,14 +222,20 @@ class ServerProtocol(asyncio.Protocol):
         if self._slow_timer is not None:
             self._slow_timer.cancel()
             self._slow_timer = None
+        self._resume_reading()
+
+    def _may_read(self) -> bool:
+        return self._writable.is_set() and self._held is None
+
+    def _resume_reading(self) -> None:
+        """Handle the calls kept back, then read again, unless something
+        still holds reading."""
+        if not self._may_read() or self.closed:
+            return
         if self._backlog is not None:
             self._handle_events(self._backlog)
         transport = self._transport
-        if (
-            self._writable.is_set()
-            and transport is not None
-            and not transport.is_closing()
-        ):
+        if self._may_read() and transport is not None and not transport.is_closing():
             transport.resume_reading()
 
     def _too_slow(self) -> None:
@@ -315,6 +326,22 @@ class ServerProtocol(asyncio.Protocol):
                 await self._writable.wait()
                 chunks = await next_chunks(stream, self.server.tasks.run_in_thread)
         self.send_async("receiveBlobStop", (oid, serial))
+
+    def hold_reading(self, until: asyncio.Future[None]) -> None:
+        """Handle none of this client's calls until ``until`` is done (its
+        upload's writes have caught up); the rest of the chunk at hand waits
+        in the backlog, as when the send buffer is full."""
+        if until.done() or self.closed or self._held is until:
+            return
+        self._held = until
+        if self._transport is not None:
+            self._transport.pause_reading()
+        until.add_done_callback(self._release_hold)
+
+    def _release_hold(self, until: asyncio.Future[None]) -> None:
+        if self._held is until:
+            self._held = None
+            self._resume_reading()
 
     async def drained(self) -> None:
         """Wait until the send buffer is below its high-water mark."""
