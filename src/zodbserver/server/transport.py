@@ -10,7 +10,8 @@ completes, which ZEO clients allow since they match replies by msgid.
 Writes produced while handling one chunk of input are batched into a single
 ``writelines``; so are writes made by one callback outside of that (a
 deferred reply and the ``info`` before it, a blob's chunks): they are
-flushed by a callback scheduled with the first of them.  When a client
+flushed by a callback scheduled with the first of them, or as soon as
+they reach ``FLUSH_BYTES``.  When a client
 stops reading and our send buffer fills up we stop reading from it too, so
 one slow client cannot make us buffer without bound.  Reading stops as
 well while the session's blob upload has more bytes waiting for a worker
@@ -90,6 +91,8 @@ class ServerProtocol(asyncio.Protocol):
         #: their size.
         self._batch: list[bytes | bytearray] | None = None
         self._batch_bytes = 0
+        #: The batch is flushed by a callback, not by ``_handle_events``.
+        self._flush_scheduled = False
         #: Calls of a received chunk not handled yet, because the replies
         #: before them filled the send buffer: handled when it drains.
         self._backlog: Iterator[object] | None = None
@@ -359,6 +362,7 @@ class ServerProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
         self._batch_bytes = 0
+        self._flush_scheduled = False
         transport = self._transport
         if batch and transport is not None and not transport.is_closing():
             transport.writelines(batch)
@@ -381,8 +385,14 @@ class ServerProtocol(asyncio.Protocol):
             self._written_while_paused += len(data)
         if self._batch is not None:
             self._batch.append(data)
+            if self._flush_scheduled and self._batch_bytes >= FLUSH_BYTES:
+                # Replies that complete together (deferred ones, a burst of
+                # them) are written in bounded batches too, so that the
+                # buffer limit and the hard limit see them as they come.
+                self._flush()
         elif self._transport is not None and not self._transport.is_closing():
             self._batch = [data]
+            self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _handle(self, event: object) -> None:
