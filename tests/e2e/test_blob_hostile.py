@@ -274,8 +274,12 @@ def test_disconnect_mid_upload_removes_the_temporary_file(server: BlobServer) ->
     blobs_before = files_under(server.blob_dir)
     with server.registered() as client:
         oid = _start_upload(client, chunks=20)
-        (upload,) = server.uploads()
-        assert upload.stat().st_size == 20 * CHUNK
+        # A worker thread writes the chunks, after the loop has read them.
+        wait_until(
+            lambda: [path.stat().st_size for path in server.uploads()] == [20 * CHUNK],
+            "the chunks are written",
+            timeout=PROMPTLY,
+        )
     wait_until(
         lambda: server.uploads() == [], "the upload file is removed", timeout=PROMPTLY
     )
@@ -295,7 +299,10 @@ def test_disconnect_after_store_blob_end_removes_the_upload(
         oid = _start_upload(client, chunks=3)
         client.call_async("storeBlobEnd", oid, Z64, record("upload"), 1)
         assert client.result("ping") is None
-        assert len(server.uploads()) == 1  # finished, waiting for the vote
+        # Finished (once its writes are done), waiting for the vote.
+        wait_until(
+            lambda: len(server.uploads()) == 1, "the upload's file", timeout=PROMPTLY
+        )
     wait_until(
         lambda: server.uploads() == [], "the upload file is removed", timeout=PROMPTLY
     )
@@ -328,14 +335,18 @@ def test_chunk_of_the_wrong_type_mid_upload(server: BlobServer) -> None:
     tids = server.tids()
     with server.registered() as client:
         _start_upload(client, chunks=2)
-        assert len(server.uploads()) == 1
+        wait_until(
+            lambda: len(server.uploads()) == 1, "the upload's file", timeout=PROMPTLY
+        )
         client.call_async("storeBlobChunk", 12345)
         assert client.result("ping") is None  # still connected
         event = client.call("vote", 1)
         assert isinstance(event, ErrorReply), event
         assert event.class_name == "builtins.TypeError", event
         assert "storeBlobChunk" in repr(event.payload), event
-        assert server.uploads() == []
+        wait_until(
+            lambda: server.uploads() == [], "the upload is removed", timeout=PROMPTLY
+        )
         assert client.result("tpc_abort", 1) is None
     assert server.tids() == tids
     server.assert_intact()

@@ -4,9 +4,11 @@ Two ways a committed blob reaches the storage (docs/architecture.md, Blob transf
 
 * **Streamed** (the default): ``storeBlobStart``, any number of
   ``storeBlobChunk(bytes)``, then ``storeBlobEnd(oid, serial, data, token)``.
-  The chunks go straight into a temporary file in the storage's temporary
-  directory as they arrive -- outside the commit lock, which only the vote
-  takes -- and the vote hands the finished file to ``storage.storeBlob``.
+  The chunks go into a temporary file in the storage's temporary directory
+  as they arrive -- outside the commit lock, which only the vote takes --
+  written by the connection's ``FileWriter`` in a worker thread, never on
+  the event loop.  The vote waits until the writer has closed the file,
+  then hands it to ``storage.storeBlob``.
 * **Shared directory**: the client wrote the file into the blob directory
   both sides mount and sends ``storeBlobShared(oid, serial, data, name,
   token)``.  Only a bare file name is accepted, ending in ``.tmp`` (plus at
@@ -20,12 +22,14 @@ Downloads (``sendBlob``) are streamed by the transport in
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import tempfile
-from typing import TypeGuard
+import secrets
+from typing import BinaryIO, TypeGuard
 
 from ZODB.POSException import StorageTransactionError
 
+from .file_writer import Failed, FileWriter
 from .storage_api import BlobStorage, ServedStorage
 
 
@@ -41,24 +45,69 @@ def _stores_blobs(storage: ServedStorage) -> TypeGuard[BlobStorage]:
 
 
 class BlobUpload:
-    """One streamed blob being received into a temporary file."""
+    """One streamed blob being received into a temporary file.
 
-    def __init__(self, storage: ServedStorage) -> None:
+    The loop names the file (no disk access) and submits the work on it to
+    ``writer``: create it, write each chunk, close it -- or close and
+    remove it.  The file object is used only by those jobs, in the
+    writer's thread; ``failed`` hears, on the loop, of a job that failed.
+    """
+
+    def __init__(
+        self, storage: ServedStorage, writer: FileWriter, failed: Failed | None = None
+    ) -> None:
         directory = blob_storage(storage).temporaryDirectory()
-        descriptor, self.path = tempfile.mkstemp(suffix=".upload", dir=directory)
-        self._file = os.fdopen(descriptor, "wb")
+        self.path = os.path.join(directory, f"{secrets.token_hex(12)}.upload")
+        self._writer = writer
+        self._failed = failed
+        #: Owned by the writer's jobs.
+        self._file: BinaryIO | None = None
+        writer.submit(self._create, 0, failed)
+
+    def __repr__(self) -> str:
+        return f"<BlobUpload {self.path}>"
 
     def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
+        """Append ``chunk``, after what was written before it."""
+        self._writer.submit(
+            functools.partial(self._append, chunk), len(chunk), self._failed
+        )
 
     def finish(self) -> str:
-        """Close the file and hand its path over."""
-        self._file.close()
+        """Close the file once written; its path.  Wait for the writer's
+        ``idle`` before reading the file."""
+        self._writer.submit(self._close, 0, self._failed)
         return self.path
 
     def discard(self) -> None:
-        self._file.close()
-        remove_quietly(self.path)
+        """Close the file once written, and remove it."""
+        self._writer.submit(self._remove)
+
+    # -- in the writer's thread --------------------------------------------
+
+    def _create(self) -> None:
+        descriptor = os.open(
+            self.path,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+            0o600,
+        )
+        self._file = os.fdopen(descriptor, "wb")
+
+    def _append(self, chunk: bytes) -> None:
+        if self._file is None:
+            raise OSError(f"{self.path} is not open for writing")
+        self._file.write(chunk)
+
+    def _close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+    def _remove(self) -> None:
+        try:
+            self._close()
+        finally:
+            remove_quietly(self.path)
 
 
 def shared_blob_path(storage: ServedStorage, oid: bytes, name: str) -> str:

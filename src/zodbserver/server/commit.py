@@ -137,6 +137,14 @@ class PendingTransaction:
     blobs: list[tuple[bytes, bytes | None, bytes, str]] = field(default_factory=list)
     state: TransactionState = field(default_factory=TransactionState)
     clock: CommitClock = field(default_factory=CommitClock)
+    #: The first write of this transaction's files that failed (a blob
+    #: upload's, in the connection's ``FileWriter``): its vote fails.
+    write_error: Exception | None = None
+
+    def write_failed(self, error: Exception) -> None:
+        """A write of this transaction's files failed (on the event loop)."""
+        if self.write_error is None:
+            self.write_error = error
 
     def add(self, operation: Operation, size: int = 0) -> None:
         """Buffer ``operation``, whose data is ``size`` bytes (on the event

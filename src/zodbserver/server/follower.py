@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ZODB.Connection import TransactionMetaData
+from ZODB.POSException import StorageError
 from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
@@ -39,6 +41,7 @@ from ..addresses import Address, format_address
 from ..errors import RemoteProtocolError, ZodbServerError
 from ..protocol import AsyncCall, ClientConnection, ErrorReply, Handshake, Reply
 from .blobs import BlobUpload, remove_quietly
+from .file_writer import FileWriter
 from .replication import tid_time
 from .replication_history import Verdict, from_json, to_json
 
@@ -111,6 +114,11 @@ class Follower:
         self._msgid = 0
         self._transaction: _Transaction | None = None
         self._upload: BlobUpload | None = None
+        #: Writes received blobs off the loop; ``_handle`` waits when it
+        #: falls behind, and before the storage reads what it wrote.
+        self._files = FileWriter(tasks)
+        #: The first write of the current transaction's blobs that failed.
+        self._write_error: Exception | None = None
         self._blob: tuple[bytes, bytes, str] | None = None
         #: The commit of the last transaction received (done when idle).
         self.committing: asyncio.Future[None] | None = None
@@ -182,13 +190,22 @@ class Follower:
                 self.hosted.submit(self.hosted.storage.tpc_abort, txn.metadata)
             for _, _, _, path in txn.records:
                 if path is not None:
-                    remove_quietly(path)
+                    self._remove(path)
         upload, self._upload = self._upload, None
         if upload is not None:
             upload.discard()
         if self._blob is not None:
-            remove_quietly(self._blob[2])
+            self._remove(self._blob[2])
             self._blob = None
+        self._write_error = None
+
+    def _remove(self, path: str) -> None:
+        """Remove a received blob file, after the writes to it."""
+        self._files.submit(functools.partial(remove_quietly, path))
+
+    def _write_failed(self, error: Exception) -> None:
+        if self._write_error is None:
+            self._write_error = error
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         primary = self.primary
@@ -309,11 +326,14 @@ class Follower:
         elif method == "receiveBlobStart":
             if self._upload is not None:
                 self._upload.discard()
-            self._upload = BlobUpload(self.hosted.storage)
+            self._upload = BlobUpload(
+                self.hosted.storage, self._files, self._write_failed
+            )
         elif method == "receiveBlobChunk":
             if self._upload is None:
                 raise RemoteProtocolError("a blob chunk without receiveBlobStart")
             self._upload.write(args[2])
+            await self._files.room()
         elif method == "receiveBlobStop":
             upload, self._upload = self._upload, None
             if upload is None:
@@ -341,7 +361,7 @@ class Follower:
                 raise RemoteProtocolError("a blob record without its blob")
             path = blob[2]
         elif blob is not None:
-            remove_quietly(blob[2])
+            self._remove(blob[2])
         txn.records.append((oid, data, data_txn, path))
         txn.oids.append(oid)
         txn.size += 0 if data is None else len(data)
@@ -350,6 +370,11 @@ class Follower:
 
     async def _apply(self, txn: _Transaction) -> None:
         """Hand the records received so far to the storage."""
+        await self._files.idle()
+        if self._write_error is not None:
+            raise StorageError(
+                f"a replicated blob could not be written: {self._write_error}"
+            ) from self._write_error
         records, txn.records = txn.records, []
         txn.size = 0
         begin = not txn.begun

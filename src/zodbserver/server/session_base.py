@@ -3,13 +3,15 @@
 A session knows its client only through the small ``Peer`` interface (send
 an async call, close), so it can be driven by the asyncio transport or
 directly by tests.  ``SessionBase`` holds the state of one connection --
-the storage it registered for, its pending transaction, its blob upload,
-its iterators -- which the event loop owns; the wire methods are added by
+the storage it registered for, its pending transaction, its blob upload
+and the ``FileWriter`` that writes it, its iterators -- which the event
+loop owns; the wire methods are added by
 ``transaction_calls.TransactionCalls`` and ``session.Session``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -21,6 +23,7 @@ from ZODB.POSException import StorageError
 from .access import Access, Credentials
 from .blobs import BlobUpload
 from .commit import PendingTransaction, VoteResult
+from .file_writer import FileWriter
 from .storage_api import ServedStorage, TransactionRecord
 from .storage_server import HostedStorage, StorageServer
 from .traffic import Refusal
@@ -38,6 +41,9 @@ class Peer(Protocol):
     async def send_blob(self, oid: bytes, serial: bytes, path: str) -> None: ...
 
     async def drained(self) -> None: ...
+
+    def hold_reading(self, until: asyncio.Future[None]) -> None:
+        """Handle none of the client's calls until ``until`` is done."""
 
     def close(self) -> None: ...
 
@@ -63,6 +69,9 @@ class SessionBase:
         self._vote_result: VoteResult | None = None
         self._async_error: Exception | None = None
         self._upload: BlobUpload | None = None
+        #: Writes this connection's blob uploads off the loop; when they
+        #: fall behind, the client's calls wait (``Peer.hold_reading``).
+        self._files = FileWriter(server.tasks, over_limit=self._writes_behind)
         #: Open iterators, each with the storage's pack count when it began.
         self._iterators: dict[int, tuple[Iterator[Any], int]] = {}
         self._last_transaction_info: dict[int, TransactionRecord] = {}
@@ -103,6 +112,9 @@ class SessionBase:
     def close_connection(self, reason: str) -> None:
         logger.warning("%s: closing connection: %s", self.peer.label, reason)
         self.peer.close()
+
+    def _writes_behind(self, caught_up: asyncio.Future[None]) -> None:
+        self.peer.hold_reading(caught_up)
 
     def _discard_upload(self) -> None:
         upload, self._upload = self._upload, None

@@ -17,6 +17,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Coroutine, Hashable
 from typing import Any, NoReturn
@@ -119,10 +120,11 @@ class TransactionCalls(SessionBase):
         self._pending(token).add((spool.UNDO, undo_id))
 
     def storeBlobStart(self) -> None:
-        if self.transaction is None or self.read_only:
+        txn = self.transaction
+        if txn is None or self.read_only:
             raise StorageTransactionError("storeBlobStart outside a transaction")
         self._discard_upload()
-        self._upload = BlobUpload(self.storage)
+        self._upload = BlobUpload(self.storage, self._files, txn.write_failed)
 
     def storeBlobChunk(self, chunk: bytes) -> None:
         if self._upload is None:
@@ -140,7 +142,7 @@ class TransactionCalls(SessionBase):
         try:
             txn = self._pending(token)
         except Exception:
-            remove_quietly(path)
+            upload.discard()
             raise
         txn.blobs.append((oid, serial, data, path))
 
@@ -187,6 +189,15 @@ class TransactionCalls(SessionBase):
         hosted = self._hosted
         state = txn.state
         clock = txn.clock
+        # The blob files must be complete before the storage reads them.
+        await self._files.idle()
+        if self.transaction is not txn:
+            raise StorageTransactionError("the transaction ended during the vote")
+        if txn.write_error is not None:
+            self._end_transaction()
+            raise StorageError(
+                f"a blob upload could not be written: {txn.write_error}"
+            ) from txn.write_error
         if hosted.replication.required:
             try:
                 await hosted.replication.before_vote(self.peer.label)
@@ -457,7 +468,8 @@ class TransactionCalls(SessionBase):
         self._vote_result = None
         self._discard_upload()
         for _, _, _, path in txn.blobs:
-            remove_quietly(path)  # what the storage did not take
+            # What the storage did not take; after the upload's own writes.
+            self._files.submit(functools.partial(remove_quietly, path))
         txn.close()
         hosted.stats.active_txns -= 1
         hosted.commit_lock.release(self)

@@ -10,9 +10,13 @@ completes, which ZEO clients allow since they match replies by msgid.
 Writes produced while handling one chunk of input are batched into a single
 ``writelines``; so are writes made by one callback outside of that (a
 deferred reply and the ``info`` before it, a blob's chunks): they are
-flushed by a callback scheduled with the first of them.  When a client
+flushed by a callback scheduled with the first of them, or as soon as
+they reach ``FLUSH_BYTES``.  When a client
 stops reading and our send buffer fills up we stop reading from it too, so
-one slow client cannot make us buffer without bound.
+one slow client cannot make us buffer without bound.  Reading stops as
+well while the session's blob upload has more bytes waiting for a worker
+thread to write them than its bound (``hold_reading``): a client that
+sends faster than the disk takes makes the server buffer no more.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class ServerProtocol(asyncio.Protocol):
         #: their size.
         self._batch: list[bytes | bytearray] | None = None
         self._batch_bytes = 0
+        #: The batch is flushed by a callback, not by ``_handle_events``.
+        self._flush_scheduled = False
         #: Calls of a received chunk not handled yet, because the replies
         #: before them filled the send buffer: handled when it drains.
         self._backlog: Iterator[object] | None = None
@@ -103,6 +109,8 @@ class ServerProtocol(asyncio.Protocol):
         #: Set while the transport's send buffer is below its high-water mark.
         self._writable = asyncio.Event()
         self._writable.set()
+        #: While not done, no more calls are read (``hold_reading``).
+        self._held: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -174,7 +182,7 @@ class ServerProtocol(asyncio.Protocol):
                 ):
                     self._flush()
                     self._batch = []
-                if not self._writable.is_set():
+                if not self._may_read():
                     self._backlog = events
                     break
         except RemoteProtocolError as exc:
@@ -217,14 +225,20 @@ class ServerProtocol(asyncio.Protocol):
         if self._slow_timer is not None:
             self._slow_timer.cancel()
             self._slow_timer = None
+        self._resume_reading()
+
+    def _may_read(self) -> bool:
+        return self._writable.is_set() and self._held is None
+
+    def _resume_reading(self) -> None:
+        """Handle the calls kept back, then read again, unless something
+        still holds reading."""
+        if not self._may_read() or self.closed:
+            return
         if self._backlog is not None:
             self._handle_events(self._backlog)
         transport = self._transport
-        if (
-            self._writable.is_set()
-            and transport is not None
-            and not transport.is_closing()
-        ):
+        if self._may_read() and transport is not None and not transport.is_closing():
             transport.resume_reading()
 
     def _too_slow(self) -> None:
@@ -316,6 +330,22 @@ class ServerProtocol(asyncio.Protocol):
                 chunks = await next_chunks(stream, self.server.tasks.run_in_thread)
         self.send_async("receiveBlobStop", (oid, serial))
 
+    def hold_reading(self, until: asyncio.Future[None]) -> None:
+        """Handle none of this client's calls until ``until`` is done (its
+        upload's writes have caught up); the rest of the chunk at hand waits
+        in the backlog, as when the send buffer is full."""
+        if until.done() or self.closed or self._held is until:
+            return
+        self._held = until
+        if self._transport is not None:
+            self._transport.pause_reading()
+        until.add_done_callback(self._release_hold)
+
+    def _release_hold(self, until: asyncio.Future[None]) -> None:
+        if self._held is until:
+            self._held = None
+            self._resume_reading()
+
     async def drained(self) -> None:
         """Wait until the send buffer is below its high-water mark."""
         self._flush()
@@ -332,6 +362,7 @@ class ServerProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
         self._batch_bytes = 0
+        self._flush_scheduled = False
         transport = self._transport
         if batch and transport is not None and not transport.is_closing():
             transport.writelines(batch)
@@ -354,8 +385,14 @@ class ServerProtocol(asyncio.Protocol):
             self._written_while_paused += len(data)
         if self._batch is not None:
             self._batch.append(data)
+            if self._flush_scheduled and self._batch_bytes >= FLUSH_BYTES:
+                # Replies that complete together (deferred ones, a burst of
+                # them) are written in bounded batches too, so that the
+                # buffer limit and the hard limit see them as they come.
+                self._flush()
         elif self._transport is not None and not self._transport.is_closing():
             self._batch = [data]
+            self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _handle(self, event: object) -> None:
