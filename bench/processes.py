@@ -263,10 +263,12 @@ def resident_kib(pid: int) -> int:
 
 
 class Scraper:
-    """A ``bench.scraper`` child polling one monitor every ``interval``.
+    """A ``bench.scraper`` child polling one monitor every ``interval``
+    between ``begin`` and ``end``.
 
-    ``sync`` returns the scrapes reported since the last call (each a dict,
-    ``bench.scraper`` says which keys) and keeps them all in ``scrapes``.
+    ``end`` and ``sync`` return the scrapes reported since the last call
+    (each a dict, ``bench.scraper`` says which keys) and keep them all in
+    ``scrapes``.
     """
 
     def __init__(self, children: Children, base_url: str, interval: float) -> None:
@@ -277,10 +279,24 @@ class Scraper:
         self._child = children.start(argv, "scraper")
         self._child.expect("READY", START_TIMEOUT)
 
+    def begin(self) -> None:
+        """Scrape now and every interval until ``end``; return once the
+        first scrape has begun."""
+        self._child.send("BEGIN")
+        self._collect("BEGUN")
+
+    def end(self) -> list[dict[str, Any]]:
+        """Stop scraping; the scrapes since the last call."""
+        self._child.send("END")
+        return self._collect("ENDED")
+
     def sync(self) -> list[dict[str, Any]]:
         self._child.send("SYNC")
+        return self._collect("SYNCED")
+
+    def _collect(self, answer: str) -> list[dict[str, Any]]:
         new = []
-        while (line := self._child.expect("", SYNC_TIMEOUT)) != "SYNCED":
+        while (line := self._child.expect("", SYNC_TIMEOUT)) != answer:
             kind, _, record = line.partition(" ")
             if kind != "SCRAPE":
                 raise ChildError(f"scraper: unexpected line {line[:200]!r}")

@@ -93,7 +93,7 @@ def summarize(
             "extras": extras,
             "errors": errors,
         }
-        for key in ("scrapes", "server_cpu_s", "server_cpu_per_op"):
+        for key in ("scrapes", "measured_s", "server_cpu_s", "server_cpu_per_op"):
             if any(key in m for m in measurements):
                 summary[system][key] = [m.get(key) for m in measurements]
     base = summary.get(baseline, {}).get("median")
@@ -248,8 +248,10 @@ def _monitor_section(results: dict[str, Any]) -> list[str]:
         "Each *monitor on* system is the same client against a second server "
         "of ours, on its own copy of the same data, whose `monitor-address` "
         f"is set; a separate process GETs its `/metrics` and then its "
-        f"`/status.json` every {interval:g} s for the whole run (Prometheus's "
-        "default interval is 15 s, so the cost is an upper bound).  "
+        f"`/status.json` as each of that server's measurements begins and "
+        f"then every {interval:g} s until it ends (Prometheus's default "
+        "interval is 15 s, so the cost is an upper bound), and scrapes "
+        "nothing while the other systems are measured.  "
         f"{monitor['scrapes']} scrapes, "
         + (f"**{failed} failed**" if failed else "none failed")
         + f"; a scrape took {_ms_text(monitor['metrics_ms_p50'])} for "
@@ -269,7 +271,8 @@ def _monitor_section(results: dict[str, Any]) -> list[str]:
         "commit, per call; per measurement for a workload that does not "
         "count them), off and on (medians), and the paired on / off ratio; "
         "it includes the scrapes that fell within the measurement.  "
-        "Scrapes = how many scrapes overlapped each monitored measurement.",
+        "Scrapes = how many scrapes overlapped each monitored measurement, "
+        "their total, and the seconds of monitored measurement per scrape.",
         "",
         "| workload | better | system | off | on | on / off | paired on / off "
         "| cost | server CPU off, on | paired on / off | scrapes per run |",
@@ -287,6 +290,8 @@ def _monitor_section(results: dict[str, Any]) -> list[str]:
             if paired is not None:
                 cost = (1 - paired) if workload["better"] == "higher" else paired - 1
             scrapes = [n for n in on.get("scrapes", []) if n is not None]
+            measured = sum(t for t in on.get("measured_s", []) if t is not None)
+            every = f"; one per {measured / sum(scrapes):.2f} s" if sum(scrapes) else ""
             cells = [
                 workload["name"],
                 workload["better"],
@@ -299,7 +304,7 @@ def _monitor_section(results: dict[str, Any]) -> list[str]:
                 f"{_cpu(off.get('server_cpu_per_op'))}, "
                 f"{_cpu(on.get('server_cpu_per_op'))}",
                 _ratio3(on.get("server_cpu_on_off_paired_ratio")),
-                " ".join(str(n) for n in scrapes) + f" (total {sum(scrapes)})",
+                " ".join(str(n) for n in scrapes) + f" (total {sum(scrapes)}{every})",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

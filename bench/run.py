@@ -9,8 +9,9 @@ child process is killed at the end, also on failure or Ctrl-C.
 
 ``--monitor`` measures what our server's monitor costs: a third server
 (ours, with ``monitor-address``) on its own copy of the seed, scraped by a
-``bench.scraper`` child every ``SCRAPE_INTERVAL`` for the whole run, and a
-twin of each selected system of our server against it.  It runs
+``bench.scraper`` child as each of its measurements begins and every
+``SCRAPE_INTERVAL`` until it ends, and a twin of each selected system of
+our server against it.  It runs
 ``MONITOR_WORKLOADS`` and ``MONITOR_SYSTEMS`` (and their twins) unless
 ``--only`` and ``--systems`` name more; rounds alternate in direction
 (A B, B A, ...) so that neither twin always goes first.
@@ -47,6 +48,10 @@ MONITOR_WORKLOADS = ("commits_1", "load_before")
 MONITOR_SYSTEMS = ("ours-ours",)
 #: Seconds between two scrapes of the monitor (Prometheus's default: 15).
 SCRAPE_INTERVAL = 1.0
+#: ``--objects`` of ``--monitor``: load_before then lasts about two
+#: seconds, long enough for scrapes every ``SCRAPE_INTERVAL`` to fall
+#: among its calls.
+MONITOR_OBJECTS = 10_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default=DEFAULT_OUTPUT, help="directory for the result files"
     )
     parser.add_argument(
-        "--objects", type=int, default=None, help="objects per read/write (1000)"
+        "--objects",
+        type=int,
+        default=None,
+        help=f"objects per read/write (1000; with --monitor {MONITOR_OBJECTS:,})",
     )
     parser.add_argument(
         "--big-blobs", action="store_true", help="also run the 100 MB blob workloads"
@@ -133,7 +141,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
             rss_clients=2,
         )
     return Settings(
-        count=args.objects or 1000,
+        count=args.objects or (MONITOR_OBJECTS if args.monitor else 1000),
         restart_count=10_000,
         transactions={1: 50, 10: 20, 100: 10},
         commit_duration=args.commit_seconds or 3.0,
@@ -299,6 +307,9 @@ def _run(
                 )
         summary = report.summarize(measured, baseline)
         report.add_monitor_ratios(summary, pairs)
+        for key in pairs:
+            scrapes = [n for n in summary[key].get("scrapes", []) if n is not None]
+            _log(f"{workload.name} {key}: {sum(scrapes)} scrapes in {runs} runs")
         results_by_workload.append(
             {
                 "name": workload.name,
@@ -359,16 +370,20 @@ def _measure(
     pid = system.server_pid if server_cpu else None
     during = None
     try:
-        if scraper is not None:
-            _check_scrapes(scraper.sync(), "before the measurement")
         cpu = cpu_seconds(pid) if pid is not None else 0.0
         start = time.monotonic()
-        measurement = workload.measure(system, context)
-        end = time.monotonic()
+        if scraper is not None:
+            # The first scrape begins within the measurement, the next ones
+            # every interval after it, until the measurement ends.
+            scraper.begin()
+        try:
+            measurement = workload.measure(system, context)
+        finally:
+            end = time.monotonic()
+            scrapes = scraper.end() if scraper is not None else []
         if pid is not None:
             cpu = cpu_seconds(pid) - cpu
         if scraper is not None:
-            scrapes = scraper.sync()
             _check_scrapes(scrapes, "during the measurement")
             during = sum(
                 1 for s in scrapes if s["at"] < end and s["at"] + s["seconds"] > start
@@ -385,6 +400,7 @@ def _measure(
     result: dict[str, Any] = {"value": measurement.value, "extras": measurement.extras}
     if during is not None:
         result["scrapes"] = during
+        result["measured_s"] = end - start
     if pid is not None:
         result["server_cpu_s"] = cpu
         operations = measurement.extras.get("operations")

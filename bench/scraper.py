@@ -1,8 +1,8 @@
 """The monitor scraper: ``python -m bench.scraper BASE_URL INTERVAL``.
 
-Every ``INTERVAL`` seconds it GETs ``BASE_URL/metrics``, as Prometheus
-does (every 15 s by default), then ``BASE_URL/status.json``, as a
-dashboard polling the JSON would, and prints one line per scrape::
+While told to, every ``INTERVAL`` seconds it GETs ``BASE_URL/metrics``, as
+Prometheus does (every 15 s by default), then ``BASE_URL/status.json``, as
+a dashboard polling the JSON would, and prints one line per scrape::
 
     SCRAPE {"at": ..., "seconds": ..., "metrics_ms": ..., "status_ms": ...,
             "metrics_bytes": ..., "status_bytes": ..., "error": null}
@@ -14,11 +14,22 @@ why) on a connection error or timeout, a status other than 200, a
 ``/metrics`` without ``zodbserver_ready 1`` or a ``/status.json`` whose
 state is not ``serving``; the scraper goes on scraping.
 
-It first waits for ``/ready`` to answer 200 and prints ``READY``.  On
-stdin, ``SYNC`` is answered ``SYNCED``: the scraper is one thread and reads
-stdin only between scrapes, so every scrape begun before the answer has
-been printed.  ``STOP`` or the end of stdin (the benchmark ended or died)
-ends it; an alarm ends it after ``LIFETIME`` seconds whatever happens.
+It first waits for ``/ready`` to answer 200 and prints ``READY``; then it
+waits, scraping nothing, for commands on stdin, one a line:
+
+- ``BEGIN``: a measurement of the monitored server starts.  Answered
+  ``BEGUN``, printed after the first scrape's ``at`` was taken and before
+  that scrape is sent, so a measurement begun before ``BEGIN`` was sent and
+  ended after ``BEGUN`` was read holds at least that scrape.  Then it
+  scrapes every ``INTERVAL`` until
+- ``END``: answered ``ENDED`` once the scrape in flight is done (every
+  ``SCRAPE`` line of the measurement comes before it); scraping stops, so
+  the unmonitored systems' measurements share the machine with no scraper.
+- ``SYNC``: answered ``SYNCED`` (every scrape begun before has been printed).
+- ``STOP`` or the end of stdin (the benchmark ended or died) ends it; an
+  alarm ends it after ``LIFETIME`` seconds whatever happens.
+
+The scraper is one thread and reads stdin only between scrapes.
 """
 
 from __future__ import annotations
@@ -57,8 +68,7 @@ def get(host: str, port: int, path: str) -> bytes:
     return body
 
 
-def scrape(host: str, port: int) -> dict[str, Any]:
-    started = time.monotonic()
+def scrape(host: str, port: int, started: float) -> dict[str, Any]:
     record: dict[str, Any] = {"at": started, "error": None}
     try:
         metrics = get(host, port, "/metrics")
@@ -100,9 +110,10 @@ def main(argv: list[str]) -> int:
     print("READY", flush=True)
     stdin = sys.stdin.fileno()
     pending = b""
-    next_at = time.monotonic()
+    #: When the next scrape is due; None between measurements.
+    next_at: float | None = None
     while True:
-        timeout = max(0.0, next_at - time.monotonic())
+        timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
         readable, _, _ = select.select([stdin], [], [], timeout)
         if readable:
             chunk = os.read(stdin, 4096)
@@ -116,14 +127,27 @@ def main(argv: list[str]) -> int:
                     return 0
                 if command == b"SYNC":
                     print("SYNCED", flush=True)
+                elif command == b"END":
+                    next_at = None
+                    print("ENDED", flush=True)
+                elif command == b"BEGIN":
+                    started = time.monotonic()
+                    print("BEGUN", flush=True)
+                    _report(scrape(host, port, started))
+                    next_at = started + interval
             continue
-        record = scrape(host, port)
-        print("SCRAPE " + json.dumps(record), flush=True)
+        if next_at is None:
+            continue
+        _report(scrape(host, port, time.monotonic()))
         next_at += interval
         # A scrape slower than the interval skips the ticks it overran.
         now = time.monotonic()
         if next_at < now:
             next_at = now + interval
+
+
+def _report(record: dict[str, Any]) -> None:
+    print("SCRAPE " + json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

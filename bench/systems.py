@@ -6,7 +6,7 @@ the same workload costs with no network and no server at all.
 
 With ``--monitor``, a system of our server has a twin (``KEY+monitor``):
 the same client against a second server of ours, whose ``monitor-address``
-is set and scraped throughout the run, so the two measure the monitor's
+is set and scraped while it is measured, so the two measure the monitor's
 cost and nothing else.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -32,7 +33,14 @@ from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle
 from ZODB.utils import z64
 
-from support.monitoring import LOCAL, MonitoredServer, Scrape, get
+from support.monitoring import (
+    LOCAL,
+    MonitoredServer,
+    Scrape,
+    get,
+    holder_and_waiter,
+    status,
+)
 from support.waiting import wait_until
 from zodbserver.server.monitor import Monitor
 from zodbserver.server.settings import ServerSettings
@@ -255,28 +263,118 @@ def test_status_json_lists_clients_and_the_lock(
     assert commit["hold"] >= commit["vote"]
 
 
+def test_transactions_the_lock_queue_and_the_invalidation_queue(
+    served: MonitoredServer, tmp_path: Path
+) -> None:
+    """One client holds the commit lock (voted), another waits for it: two
+    active transactions, one waiting; once both commit, nothing is active
+    or waiting and the invalidation queue holds two more transactions."""
+    idle = served.scrape()
+    assert idle.storage("zodbserver_active_transactions") == 0
+    assert idle.storage("zodbserver_commit_lock_waiting") == 0
+    assert idle.storage("zodbserver_commit_lock_held_seconds") == 0
+    queued = idle.storage("zodbserver_invalidation_queue_length")
+    with holder_and_waiter(served, tmp_path):
+        busy = served.scrape()
+        assert busy.storage("zodbserver_active_transactions") == 2
+        assert busy.storage("zodbserver_commit_lock_waiting") == 1
+        assert busy.storage("zodbserver_commit_lock_held_seconds") > 0
+        assert busy.storage("zodbserver_invalidation_queue_length") == queued
+    done = served.scrape()
+    assert done.delta(idle, "zodbserver_commits_total", storage="1") == 2
+    assert done.storage("zodbserver_active_transactions") == 0
+    assert done.storage("zodbserver_commit_lock_waiting") == 0
+    assert done.storage("zodbserver_commit_lock_held_seconds") == 0
+    assert done.storage("zodbserver_invalidation_queue_length") == queued + 2
+    # A transaction aborted after its vote adds nothing to the queue.
+    client = served.client(tmp_path / "aborting-blobs")
+    metadata = TransactionMetaData()
+    client.tpc_begin(metadata)
+    client.store(client.new_oid(), z64, zodb_pickle(MinPO(1)), "", metadata)
+    client.tpc_vote(metadata)
+    assert served.scrape().storage("zodbserver_active_transactions") == 1
+    client.tpc_abort(metadata)
+    aborted = served.scrape()
+    assert aborted.storage("zodbserver_active_transactions") == 0
+    assert aborted.storage("zodbserver_invalidation_queue_length") == queued + 2
+
+
+def test_status_json_shows_the_queue_behind_the_lock_holder(
+    served: MonitoredServer, tmp_path: Path
+) -> None:
+    with holder_and_waiter(served, tmp_path) as lock:
+        storage = status(served)
+        clients = {client["label"]: client for client in storage["clients"]}
+        assert lock.holder != lock.waiter
+        assert storage["lock"]["holder"] == lock.holder
+        assert storage["lock"]["queue"] == [lock.waiter]
+        assert storage["waiting"] == 1
+        assert storage["active_transactions"] == 2
+        holder, waiter = clients[lock.holder], clients[lock.waiter]
+        assert (holder["holds_lock"], holder["waiting_for_lock"]) == (True, False)
+        assert holder["transaction"] == "voted"
+        assert (waiter["holds_lock"], waiter["waiting_for_lock"]) == (False, True)
+        assert waiter["transaction"] is not None
+    storage = status(served)
+    assert storage["lock"] == {"holder": None, "held_for": None, "queue": []}
+    assert storage["waiting"] == 0
+    waited = {commit["client"]: commit for commit in storage["slowest_commits"]}
+    assert set(waited) == {lock.holder, lock.waiter}
+    # The waiter's commit counts the time it queued behind the holder.
+    assert waited[lock.waiter]["wait"] > 0
+    assert all(client["transaction"] is None for client in storage["clients"])
+
+
+#: The slow-commit line (``commit_times.CommitTimes.record``).
+SLOW_COMMIT = re.compile(
+    r"slow commit by (?P<client>.+): held the commit lock (?P<hold>\d+\.\d{3}) s "
+    r"\((?P<objects>\d+) objects, (?P<bytes>\d+) bytes; "
+    r"waited (?P<wait>\d+\.\d{3}) s for the lock, "
+    r"vote (?P<vote>\d+\.\d{3}) s, finish (?P<finish>\d+\.\d{3}) s, "
+    r"the rest waiting for the client\)"
+)
+
+
 def test_slow_commits_are_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Only the commit that held the lock past the threshold is logged, with
+    the client's label, its objects and bytes, and where the time went --
+    the figures the status page lists for that commit."""
     served = MonitoredServer(tmp_path, slow_commit_threshold=0.5)
+    record = zodb_pickle(MinPO(1))
     try:
         client = served.client(tmp_path / "blobs-client")
-        for pause in (0.0, 0.8):
+        (label,) = [c["label"] for c in status(served)["clients"]]
+        for pause, stores in ((0.0, 1), (0.8, 2)):
             metadata = TransactionMetaData()
             client.tpc_begin(metadata)
-            client.store(client.new_oid(), z64, zodb_pickle(MinPO(1)), "", metadata)
+            for _ in range(stores):
+                client.store(client.new_oid(), z64, record, "", metadata)
             client.tpc_vote(metadata)
             time.sleep(pause)
             client.tpc_finish(metadata)
+        slowest = status(served)["slowest_commits"][0]
     finally:
         served.close()
     slow = [r for r in caplog.records if r.getMessage().startswith("slow commit")]
     assert len(slow) == 1, [r.getMessage() for r in slow]
+    assert slow[0].levelname == "WARNING"
     message = slow[0].getMessage()
-    assert "1 objects" in message
-    assert (
-        "held the commit lock 0.8" in message or "held the commit lock 0.9" in message
-    )
+    logged = SLOW_COMMIT.fullmatch(message)
+    assert logged is not None, message
+    assert logged["client"] == label
+    assert int(logged["objects"]) == 2
+    assert int(logged["bytes"]) == 2 * len(record)
+    hold = float(logged["hold"])
+    assert hold >= 0.8
+    # The vote is part of the hold; the lock is released as the finish starts.
+    assert float(logged["vote"]) <= hold
+    # The line and the status page report the same commit.
+    assert slowest["client"] == label
+    assert (slowest["objects"], slowest["bytes"]) == (2, 2 * len(record))
+    for part in ("hold", "wait", "vote", "finish"):
+        assert logged[part] == f"{slowest[part]:.3f}", part
 
 
 def test_ready_only_between_open_storages_and_shutdown(tmp_path: Path) -> None:

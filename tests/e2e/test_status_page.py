@@ -2,8 +2,10 @@
 
 Two clients are connected and one holds the commit lock (it has voted and
 not finished): the page, as the browser renders it, names both clients,
-the holder of the lock, and the storage's figures.  A screenshot of it is
-saved beside the test's other files.
+the holder of the lock, and the storage's figures; with a second
+transaction voting behind the holder, the page shows the waiting client
+and the queue.  A screenshot of each page is saved beside the test's
+other files.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ZODB.tests.StorageTestBase import zodb_pickle
 from ZODB.utils import z64
 
 from support.browser import Browser
-from support.monitoring import MonitoredServer, get
+from support.monitoring import MonitoredServer, get, holder_and_waiter
 
 
 def test_the_page_shows_clients_and_the_lock_holder(tmp_path: Path) -> None:
@@ -58,4 +60,28 @@ def test_the_page_shows_clients_and_the_lock_holder(tmp_path: Path) -> None:
     other_row = next(line for line in lines if line.startswith(other))
     assert "holds the commit lock" not in other_row
     assert "Open transactions\t1" in text
+    assert screenshot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_page_shows_a_client_waiting_behind_the_holder(tmp_path: Path) -> None:
+    served = MonitoredServer(tmp_path)
+    try:
+        with holder_and_waiter(served, tmp_path) as lock:
+            host, port = served.monitor
+            with Browser(tmp_path) as browser:
+                page = browser.open(f"http://{host}:{port}/")
+                text = page.text()
+                screenshot = page.screenshot(tmp_path / "status-page-queue.png")
+    finally:
+        served.close()
+
+    assert f"The commit lock is held by {lock.holder} for" in text
+    assert f"Waiting for the lock, in order: {lock.waiter}" in text
+    assert "Clients (2)" in text
+    lines = text.splitlines()
+    holder_row = next(line for line in lines if line.startswith(lock.holder))
+    assert "voted, holds the commit lock" in holder_row
+    waiter_row = next(line for line in lines if line.startswith(lock.waiter))
+    assert "waiting for the commit lock" in waiter_row
+    assert "Open transactions\t2" in text
     assert screenshot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from ZEO.ClientStorage import ClientStorage
+from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
+from ZODB.tests.MinPO import MinPO
+from ZODB.tests.StorageTestBase import zodb_pickle
+from ZODB.utils import z64
 
+from support.waiting import wait_until
 from zodbserver.server.monitor import Monitor
 from zodbserver.server.settings import ServerSettings
 from zodbserver.server.thread import ServerThread
@@ -114,3 +124,54 @@ class MonitoredServer:
             client.close()
         self.thread.stop()
         self._monitor.close()
+
+
+def status(served: MonitoredServer) -> dict[str, Any]:
+    """``/status.json`` of ``served``'s one storage."""
+    response = get(served.monitor, "/status.json")
+    assert response.status == 200, response
+    (storage,) = json.loads(response.body)["storages"]
+    assert isinstance(storage, dict)
+    return storage
+
+
+@dataclass(frozen=True)
+class LockQueue:
+    """The labels of a client holding the commit lock and of one waiting
+    for it behind the holder."""
+
+    holder: str
+    waiter: str
+
+
+def _store_one(client: ClientStorage, metadata: TransactionMetaData) -> None:
+    client.tpc_begin(metadata)
+    client.store(client.new_oid(), z64, zodb_pickle(MinPO(1)), "", metadata)
+
+
+@contextlib.contextmanager
+def holder_and_waiter(served: MonitoredServer, tmp_path: Path) -> Iterator[LockQueue]:
+    """Two new clients of ``served``, each with a one-object transaction:
+    the holder has voted (it holds the commit lock), the waiter is voting
+    (waiting for the lock).  On leaving, the holder finishes, the waiter's
+    vote then returns and it finishes too: two commits."""
+    holder = served.client(tmp_path / "holder-blobs")
+    waiter = served.client(tmp_path / "waiter-blobs")
+    held = TransactionMetaData()
+    _store_one(holder, held)
+    holder.tpc_vote(held)
+    (holder_label,) = [c["label"] for c in status(served)["clients"] if c["holds_lock"]]
+    waiting = TransactionMetaData()
+    _store_one(waiter, waiting)
+    with ThreadPoolExecutor(1) as executor:
+        vote = executor.submit(waiter.tpc_vote, waiting)
+        try:
+            queue = wait_until(
+                lambda: status(served)["lock"]["queue"], "a client waiting for the lock"
+            )
+            assert len(queue) == 1, queue
+            yield LockQueue(holder_label, queue[0])
+        finally:
+            holder.tpc_finish(held)
+            vote.result(30)
+    waiter.tpc_finish(waiting)
