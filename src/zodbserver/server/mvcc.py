@@ -233,6 +233,33 @@ class ChangeFeed:
                 self._connmanager.close(conn, cursor)
 
 
+class _InstanceIterator:
+    """A storage instance's transaction iterator that releases the instance
+    once it is exhausted, or when collected."""
+
+    def __init__(self, instance: Any, start: bytes | None, stop: bytes | None) -> None:
+        self._instance: Any = instance
+        self._transactions = iter(instance.iterator(start, stop))
+
+    def __iter__(self) -> _InstanceIterator:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._transactions)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        instance, self._instance = self._instance, None
+        if instance is not None:
+            with contextlib.suppress(Exception):
+                instance.release()
+
+    __del__ = close
+
+
 class MVCCHosting:
     """An ``IMVCCStorage`` as one storage the server hosts."""
 
@@ -362,7 +389,9 @@ class MVCCHosting:
         return tid
 
     def history(self, oid: bytes, size: int = 1) -> list[dict[str, Any]]:
-        history: list[dict[str, Any]] = self._read("history", oid, size)
+        with zodb_errors(), self._readers.lend(self._visible) as reader:
+            # RelStorage's has ZODB 3's ``version`` argument before ``size``.
+            history: list[dict[str, Any]] = reader.history(oid, size=size)
         return history
 
     def record_iternext(self, next_oid: bytes | None = None) -> Any:
@@ -390,14 +419,11 @@ class MVCCHosting:
         directory: str = self._storage.temporaryDirectory()
         return directory
 
-    def iterator(self, start: bytes | None = None, stop: bytes | None = None) -> Any:
-        """Transactions, read through an instance of their own that the
-        iteration releases when it ends."""
-        instance = self._storage.new_instance()
-        try:
-            yield from instance.iterator(start, stop)
-        finally:
-            instance.release()
+    def iterator(
+        self, start: bytes | None = None, stop: bytes | None = None
+    ) -> _InstanceIterator:
+        """Transactions, read through an instance of their own."""
+        return _InstanceIterator(self._storage.new_instance(), start, stop)
 
     def pack(self, t: float, referencesf: Callable[[bytes], list[bytes]]) -> None:
         instance = self._storage.new_instance()

@@ -322,6 +322,12 @@ class TransactionCalls(SessionBase):
                 resolved = storage.tpc_vote(metadata)
                 if resolved:
                     result.resolved.extend(resolved)
+                    # Objects the vote changed that were not stored (an
+                    # undo the storage reports here) are invalidated too.
+                    stored = set(result.invalidated)
+                    result.invalidated.extend(
+                        oid for oid in resolved if oid not in stored
+                    )
             if conflicts:
                 storage.tpc_abort(metadata)
                 result.conflicts = list(conflicts.values())
@@ -506,9 +512,14 @@ def _undo(storage: Any, undo_id: bytes, metadata: Any) -> tuple[Any, list[bytes]
     """``storage.undo``, with an id it cannot read refused as ``UndoError``
     (FileStorage asserts that the id decodes to 8 bytes)."""
     try:
-        tid, oids = storage.undo(undo_id, metadata)
+        result = storage.undo(undo_id, metadata)
     except AssertionError:
         raise UndoError(f"invalid transaction id {undo_id[:40]!r}") from None
+    if result is None:
+        # ZODB 5's storages may name the objects at the vote instead
+        # (RelStorage does).
+        return None, []
+    tid, oids = result
     return tid, list(oids)
 
 
