@@ -66,37 +66,48 @@ class ReaderPool:
     """Instances of one storage lent to one read each (thread-safe).
 
     Instances are made as reads need them, at most one per thread that
-    reads at once (the server's worker threads bound that), and kept."""
+    reads at once (the server's worker threads bound that), and kept.  An
+    instance lent is moved to a new snapshot when the one it has is older
+    than the caller needs, or older than the last ``renew``."""
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage
-        self._idle: list[Any] = []
+        #: Idle instances, with the generation of their snapshot.
+        self._idle: list[tuple[Any, int]] = []
         self._all: list[Any] = []
+        self._generation = 0
         self._lock = threading.Lock()
+
+    def renew(self) -> None:
+        """Snapshots taken until now are stale (a pack removed revisions
+        they still see)."""
+        with self._lock:
+            self._generation += 1
 
     @contextlib.contextmanager
     def lend(self, at_least: int) -> Iterator[Any]:
         """An instance that sees at least transaction ``at_least``."""
         with self._lock:
-            instance = self._idle.pop() if self._idle else None
+            generation = self._generation
+            instance, seen = self._idle.pop() if self._idle else (None, -1)
         if instance is None:
             instance = self._storage.new_instance()
             with self._lock:
                 self._all.append(instance)
-            _refresh(instance)
-        elif instance.lastTransactionInt() < at_least:
+        if seen != generation or instance.lastTransactionInt() < at_least:
             _refresh(instance)
         try:
             yield instance
         except BaseException:
-            # Its session may be broken (the database restarted): the
-            # next read starts from a new snapshot.
+            # Its session may be broken (the database restarted): the next
+            # read starts from a new snapshot.
+            generation = -1
             with contextlib.suppress(Exception):
                 instance.sync()
             raise
         finally:
             with self._lock:
-                self._idle.append(instance)
+                self._idle.append((instance, generation))
 
     def __len__(self) -> int:
         return len(self._all)
@@ -431,6 +442,7 @@ class MVCCHosting:
             instance.pack(t, referencesf)
         finally:
             instance.release()
+            self._readers.renew()
 
     # -- two-phase commit (storage thread)
 
