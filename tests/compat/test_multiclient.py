@@ -1,4 +1,5 @@
-"""Several stock ZEO 6 clients sharing one of our servers.
+"""Several stock ZEO 6 clients sharing one of our servers, on a FileStorage
+and on RelStorage over PostgreSQL.
 
 Every test runs with both wire encodings (msgpack ``M5`` and pickle ``Z5``):
 commits seen by the other clients through invalidations, conflicts raised
@@ -29,6 +30,7 @@ from ZEO.ClientStorage import ClientStorage
 from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError, ReadOnlyError
 
+from support.database import RelStorageServers
 from support.waiting import wait_until
 from zodbserver.protocol import (
     ClientConnection,
@@ -162,11 +164,15 @@ class Server:
 
 
 def start_server(
-    tmp_path: Any, msgpack: bool, resources: contextlib.ExitStack, **options: Any
+    tmp_path: Any,
+    msgpack: bool,
+    resources: contextlib.ExitStack,
+    storage: Any = None,
+    **options: Any,
 ) -> Server:
-    thread = ServerThread(
-        {"1": FileStorage(str(tmp_path / "Data.fs"))}, msgpack=msgpack, **options
-    )
+    if storage is None:
+        storage = FileStorage(str(tmp_path / "Data.fs"))
+    thread = ServerThread({"1": storage}, msgpack=msgpack, **options)
     address = thread.start()
     resources.callback(thread.stop)
     server = Server(address, resources)
@@ -184,9 +190,19 @@ def start_server(
     return server
 
 
-@pytest.fixture
-def server(tmp_path: Any, msgpack: bool, resources: contextlib.ExitStack) -> Server:
-    return start_server(tmp_path, msgpack, resources)
+@pytest.fixture(params=["FileStorage", "RelStorage"])
+def server(
+    request: pytest.FixtureRequest,
+    tmp_path: Any,
+    msgpack: bool,
+    resources: contextlib.ExitStack,
+) -> Server:
+    """Our server on a FileStorage, and on RelStorage over PostgreSQL."""
+    storage = None
+    if request.param == "RelStorage":
+        postgres = request.getfixturevalue("postgres")
+        storage = RelStorageServers(postgres, tmp_path).storage("server")
+    return start_server(tmp_path, msgpack, resources, storage)
 
 
 # -- invalidations ------------------------------------------------------------

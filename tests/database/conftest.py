@@ -1,26 +1,15 @@
-"""A PostgreSQL server for the session, a database per test, and our
-servers on RelStorage over it."""
+"""A database per test on the session's PostgreSQL server (``postgres``,
+tests/conftest.py), and our servers on RelStorage over it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from support.database import RelStorageServers
 from support.postgres import PostgresServer
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(params=["history-preserving", "history-free"])
@@ -48,6 +37,3 @@ def hp_servers(postgres: PostgresServer, tmp_path: Path) -> Iterator[RelStorageS
         yield group
     finally:
         group.stop_all()
-
-
-Factory = Callable[..., Any]

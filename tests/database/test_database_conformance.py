@@ -15,9 +15,7 @@ from typing import Any
 
 import pytest
 from ZEO.tests import testZEO
-from ZODB.TimeStamp import TimeStamp
 from ZODB.tests import (
-    StorageTestBase,
     BasicStorage,
     ConflictResolution,
     HistoryStorage,
@@ -27,12 +25,15 @@ from ZODB.tests import (
     PersistentStorage,
     ReadOnlyStorage,
     RevisionStorage,
+    StorageTestBase,
     Synchronization,
     TransactionalUndoStorage,
 )
+from ZODB.TimeStamp import TimeStamp
 
 from client.test_conformance import ClientStorageHarness
 from compat.test_zeo_suites import OurServer, start_our_server, zeo_checks
+from support.database import new_database
 from support.postgres import PostgresServer
 
 pytestmark = [
@@ -60,7 +61,7 @@ class OnNewDatabase:
 
     @pytest.fixture(autouse=True)
     def _new_database(self, postgres: PostgresServer) -> None:
-        self.dsn = postgres.dsn(postgres.new_database())
+        self.dsn = postgres.dsn(new_database(postgres, keep_history=self.keep_history))
 
     def relstorage_conf(self) -> str:
         return (
@@ -116,37 +117,7 @@ class PackToTheLastTransaction:
         finally:
             del storage.pack
 
-
-class TestOurClientHistoryPreserving(
-    OurClientOnRelStorage,
-    BasicStorage.BasicStorage,
-    HistoryStorage.HistoryStorage,
-    IteratorStorage.IteratorStorage,
-    IteratorStorage.ExtendedIteratorStorage,
-    MTStorage.MTStorage,
-    PackableStorage.PackableStorage,
-    PackableStorage.PackableUndoStorage,
-    PersistentStorage.PersistentStorage,
-    ReadOnlyStorage.ReadOnlyStorage,
-    RevisionStorage.RevisionStorage,
-    Synchronization.SynchronizedStorage,
-    TransactionalUndoStorage.TransactionalUndoStorage,
-    ConflictResolution.ConflictResolvingStorage,
-    ConflictResolution.ConflictResolvingTransUndoStorage,
-    PackToTheLastTransaction,
-):
-    testUndoConflictResolution = _relstorage_cannot("no conflict-resolving undo")
-    testUndoMultipleConflictResolution = _relstorage_cannot(
-        "no conflict-resolving undo"
-    )
-    testUndoMultipleConflictResolutionReversed = _relstorage_cannot(
-        "no conflict-resolving undo"
-    )
-    testTransactionalUndoIterator = _relstorage_cannot(
-        "its iterator gives no backpointers (data_txn) for undone records"
-    )
-
-    def testPackUndoLog(self) -> None:
+    def testPackUndoLog(self) -> None:  # noqa: N802 - ZODB's name
         # Pack to the first of its two transactions, as RelStorage's suite.
         firsts: list[bytes] = []
         dostore = self._dostoreNP
@@ -169,17 +140,72 @@ class TestOurClientHistoryPreserving(
         finally:
             del self._dostoreNP, storage.pack
 
-    def testPackAllRevisions(self) -> None:
+    def testPackAllRevisions(self) -> None:  # noqa: N802 - ZODB's name
         self._pack_to_last_transaction(super().testPackAllRevisions)
 
-    def testPackJustOldRevisions(self) -> None:
+    def testPackJustOldRevisions(self) -> None:  # noqa: N802 - ZODB's name
         self._pack_to_last_transaction(super().testPackJustOldRevisions)
 
-    def testPackOnlyOneObject(self) -> None:
+    def testPackOnlyOneObject(self) -> None:  # noqa: N802 - ZODB's name
         self._pack_to_last_transaction(super().testPackOnlyOneObject)
 
 
+class HistoryPreservingLimits:
+    """What RelStorage does not do, whoever the client is."""
+
+    # ZODB's names:
+    _cannot_resolve_undo = _relstorage_cannot("no conflict-resolving undo")
+    testUndoConflictResolution = _cannot_resolve_undo  # noqa: N815
+    testUndoMultipleConflictResolution = _cannot_resolve_undo  # noqa: N815
+    testUndoMultipleConflictResolutionReversed = _cannot_resolve_undo  # noqa: N815
+    testTransactionalUndoIterator = _relstorage_cannot(  # noqa: N815
+        "its iterator gives no backpointers (data_txn) for undone records"
+    )
+
+
+class HistoryFreeLimits:
+    """What a history-free RelStorage does not do, whoever the client is."""
+
+    # ZODB's names:
+    _history_free_pack = _relstorage_cannot(
+        "a history-free pack is garbage collection; its suite replaces these"
+    )
+    testPackAllRevisions = _history_free_pack  # noqa: N815
+    testPackJustOldRevisions = _history_free_pack  # noqa: N815
+    testPackOnlyOneObject = _history_free_pack  # noqa: N815
+    _history_free_old_load = _relstorage_cannot(
+        "history-free, a load in a snapshot older than the object's last "
+        "change has no revision to read (ReadConflictError); its suite does "
+        "not run ZODB's race tests"
+    )
+    test_race_external_invalidate_vs_disconnect = _history_free_old_load
+    test_race_load_vs_external_invalidate = _history_free_old_load
+
+
+class TestOurClientHistoryPreserving(
+    HistoryPreservingLimits,
+    PackToTheLastTransaction,
+    OurClientOnRelStorage,
+    BasicStorage.BasicStorage,
+    HistoryStorage.HistoryStorage,
+    IteratorStorage.IteratorStorage,
+    IteratorStorage.ExtendedIteratorStorage,
+    MTStorage.MTStorage,
+    PackableStorage.PackableStorage,
+    PackableStorage.PackableUndoStorage,
+    PersistentStorage.PersistentStorage,
+    ReadOnlyStorage.ReadOnlyStorage,
+    RevisionStorage.RevisionStorage,
+    Synchronization.SynchronizedStorage,
+    TransactionalUndoStorage.TransactionalUndoStorage,
+    ConflictResolution.ConflictResolvingStorage,
+    ConflictResolution.ConflictResolvingTransUndoStorage,
+):
+    pass
+
+
 class TestOurClientHistoryFree(
+    HistoryFreeLimits,
     OurClientOnRelStorage,
     BasicStorage.BasicStorage,
     MTStorage.MTStorage,
@@ -198,10 +224,17 @@ class ZEOClientOnRelStorage(OnNewDatabase, OurServer):
 
 
 @zeo_checks
-class TestZEOClientHistoryPreserving(ZEOClientOnRelStorage, testZEO.FullGenericTests):
+class TestZEOClientHistoryPreserving(
+    HistoryPreservingLimits,
+    PackToTheLastTransaction,
+    ZEOClientOnRelStorage,
+    testZEO.FullGenericTests,
+):
     pass
 
 
 @zeo_checks
-class TestZEOClientHistoryFree(ZEOClientOnRelStorage, testZEO.GenericTests):
+class TestZEOClientHistoryFree(
+    HistoryFreeLimits, ZEOClientOnRelStorage, testZEO.GenericTests
+):
     keep_history = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import transaction
@@ -224,3 +225,30 @@ def test_invalidations_arrive_in_tid_order_while_two_servers_commit(
     wait_until(lambda: seen and seen[-1] >= last, "the last invalidation")
     assert b"all" not in seen
     assert seen == sorted(set(seen))
+
+
+def test_pack_and_undo_through_one_server_while_another_serves(
+    hp_servers: RelStorageServers,
+) -> None:
+    first, second = hp_servers.start(), hp_servers.start()
+    admin, user = hp_servers.db(first), hp_servers.db(second)
+    _set_up_counters(user)
+    errors: list[BaseException] = []
+    writing = threading.Thread(
+        target=_increment_counters, args=([user, user], 20, errors)
+    )
+    writing.start()
+    admin.storage.ping()
+    admin.pack(time.time())
+    writing.join(120)
+    assert errors == []
+    # Undo the last transaction through the first server.
+    last = admin.undoLog(0, 1)[0]
+    shared_before, _ = _read_counters(user)
+    manager = transaction.TransactionManager()
+    admin.undo(last["id"], manager.get())
+    manager.commit()
+    user.storage.ping()
+    shared_after, own = _read_counters(user)
+    assert shared_after == shared_before - 1
+    assert sum(own) == 2 * 20 - 1

@@ -20,6 +20,26 @@ from support.postgres import PostgresServer
 from zodbserver.client.storage import ClientStorage
 from zodbserver.server.thread import ServerThread
 
+#: Per PostgreSQL server and history mode, a database with RelStorage's
+#: schema installed and nothing stored, to copy (``new_database``).
+_templates: dict[tuple[int, bool], str] = {}
+
+
+def new_database(postgres: PostgresServer, *, keep_history: bool = True) -> str:
+    """A new database with RelStorage's schema: a copy of a template made
+    once, which is much faster than installing the schema each time."""
+    key = (id(postgres), keep_history)
+    if key not in _templates:
+        template = postgres.new_database()
+        options = Options(keep_history=keep_history)
+        storage = RelStorage(
+            PostgreSQLAdapter(dsn=postgres.dsn(template), options=options),
+            options=options,
+        )
+        storage.close()
+        _templates[key] = template
+    return postgres.new_database(template=_templates[key])
+
 
 class RelStorageServers:
     def __init__(
@@ -28,7 +48,7 @@ class RelStorageServers:
         self.postgres = postgres
         self.directory = directory
         self.keep_history = keep_history
-        self.database = postgres.new_database()
+        self.database = new_database(postgres, keep_history=keep_history)
         self.dsn = postgres.dsn(self.database)
         self.threads: list[ServerThread] = []
         self.addresses: list[Any] = []

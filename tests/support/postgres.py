@@ -126,15 +126,17 @@ class PostgresServer:
     def dsn(self, database: str) -> str:
         return f"dbname={database} user={ROLE} host={self.socket_dir}"
 
-    def new_database(self) -> str:
-        """A new, empty database; its name."""
+    def new_database(self, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template`` (a database no
+        one is connected to); its name."""
         self._databases += 1
         name = f"zodb{os.getpid()}_{self._databases}_{int(time.time() * 1000)}"
+        copy = f" TEMPLATE {template}" if template else ""
         connection = psycopg2.connect(self.dsn("postgres"))
         try:
             connection.autocommit = True
             with connection.cursor() as cursor:
-                cursor.execute(f"CREATE DATABASE {name}")
+                cursor.execute(f"CREATE DATABASE {name}{copy}")
         finally:
             connection.close()
         return name

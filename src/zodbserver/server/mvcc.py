@@ -45,7 +45,13 @@ from typing import Any
 
 import zope.interface
 from ZODB.interfaces import IMVCCStorage
-from ZODB.POSException import ConflictError, POSError, POSKeyError
+from ZODB.POSException import (
+    ConflictError,
+    MultipleUndoErrors,
+    POSError,
+    POSKeyError,
+    UndoError,
+)
 from ZODB.utils import p64, u64
 
 from .storage_api import LoadResult
@@ -127,6 +133,12 @@ def zodb_errors() -> Iterator[None]:
     one, and need not have the storage's package to read the error."""
     try:
         yield
+    except MultipleUndoErrors:
+        raise
+    except UndoError as error:
+        # As FileStorage reports it: the one undo error ZEO 6's client can
+        # read over msgpack.
+        raise MultipleUndoErrors([(error._reason, error._oid)]) from error
     except POSError as error:
         base: type[BaseException] = next(
             cls for cls in type(error).__mro__ if cls.__module__ in _KNOWN_MODULES
