@@ -9,6 +9,7 @@ history-free, with its blobs kept in the database.
 
 from __future__ import annotations
 
+import os
 import unittest
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from ZODB.tests import (
     StorageTestBase,
     Synchronization,
     TransactionalUndoStorage,
+    testblob,
 )
 from ZODB.TimeStamp import TimeStamp
 
@@ -35,6 +37,8 @@ from client.test_conformance import ClientStorageHarness
 from compat.test_zeo_suites import OurServer, start_our_server, zeo_checks
 from support.database import new_database
 from support.postgres import PostgresServer
+from support.suites import run_suite, select
+from zodbserver.client import ClientStorage
 
 pytestmark = [
     pytest.mark.filterwarnings(
@@ -238,3 +242,48 @@ class TestZEOClientHistoryFree(
     HistoryFreeLimits, ZEOClientOnRelStorage, testZEO.GenericTests
 ):
     keep_history = False
+
+
+@zeo_checks
+class TestZEOClientBlobs(
+    ZEOClientOnRelStorage, testZEO.CommonBlobTests, testZEO.GenericTestBase
+):
+    """ZEO's blob checks: blobs kept in the database, sent over the wire
+    (RelStorage's blob directory is only the server's cache)."""
+
+
+@pytest.mark.parametrize("keep_history", [True, False], ids=["hp", "hf"])
+def test_zodb_blob_suite_with_our_client(
+    postgres: PostgresServer, keep_history: bool
+) -> None:
+    """ZODB's blob doctests and undo tests, each storage a server of ours
+    on a new database, the blobs kept in it."""
+
+    class ServerManagingClientStorage(ClientStorage):
+        def __init__(self, name: str, blob_dir: str) -> None:
+            database = OnNewDatabase()
+            database.keep_history = keep_history
+            database.dsn = postgres.dsn(
+                new_database(postgres, keep_history=keep_history)
+            )
+            conf = database.relstorage_conf().replace(
+                # Absolute: a doctest changes the directory under the server.
+                "blob-dir blob-cache",
+                f"blob-dir {os.path.abspath('server-' + blob_dir)}",
+            )
+            address, self._stop_server = start_our_server(storage_conf=conf)
+            super().__init__(address, blob_dir=blob_dir, wait_timeout=10)
+
+        def close(self) -> None:
+            super().close()
+            self._stop_server()
+
+    suite = testblob.storage_reusable_suite(
+        f"RelStorage{keep_history}",
+        ServerManagingClientStorage,
+        test_undo=keep_history,
+    )
+    # blob_transaction.txt opens a committed blob file for writing, which
+    # root may do whatever the mode bits say: tests/client runs it as nobody.
+    failure = run_suite(select(suite, "blob_transaction.txt", keep=False))
+    assert failure is None, failure
