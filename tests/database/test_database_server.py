@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import transaction
 from BTrees.Length import Length
 from persistent.mapping import PersistentMapping
@@ -91,24 +92,30 @@ def test_eight_writers_through_one_server_lose_no_update(
     assert own == [INCREMENTS] * WRITERS
 
 
-def test_a_commit_through_one_server_reaches_the_clients_of_another(
-    servers: RelStorageServers,
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_commit_through_one_server_reaches_the_clients_of_the_others(
+    servers: RelStorageServers, count: int
 ) -> None:
-    first, second = servers.start(), servers.start()
-    writer, reader = servers.db(first), servers.db(second)
-    manager = transaction.TransactionManager()
-    connection = reader.open(manager)
-    assert "x" not in connection.root()
+    addresses = [servers.start() for _ in range(count)]
+    writer = servers.db(addresses[0])
+    readers = [servers.db(address) for address in addresses[1:]]
+    managers = [transaction.TransactionManager() for _ in readers]
+    connections = [
+        reader.open(manager) for reader, manager in zip(readers, managers, strict=True)
+    ]
+    for connection in connections:
+        assert "x" not in connection.root()
     _commit_root(writer, x=1)
     committed = writer.storage.lastTransaction()
-    # Pushed, not polled by the client: it only waits.
-    wait_until(
-        lambda: reader.storage.lastTransaction() >= committed,
-        "the invalidation from the other server",
-    )
-    manager.begin()
-    assert connection.root()["x"] == 1
-    connection.close()
+    for reader, manager, connection in zip(readers, managers, connections, strict=True):
+        # Pushed, not polled by the client: it only waits.
+        wait_until(
+            lambda reader=reader: reader.storage.lastTransaction() >= committed,
+            "the invalidation from the other server",
+        )
+        manager.begin()
+        assert connection.root()["x"] == 1
+        connection.close()
 
 
 def test_a_client_that_syncs_sees_what_another_server_committed(
