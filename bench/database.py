@@ -66,6 +66,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,10 @@ IDLE_SETTLE = 2.0
 #: feed's 0.1 s, so that commits fall at every phase of its looks).
 DELAY_SPACING = 0.037
 POSTGRES_SETTINGS = ("shared_preload_libraries=pg_stat_statements",)
+#: Our servers' ``database-poll-interval``: its default, which they run with.
+FEED_INTERVAL = 0.1
+#: Packages named in the report beside ``bench.report.PACKAGES``.
+PACKAGES = ("RelStorage", "psycopg2")
 
 
 @dataclass(frozen=True)
@@ -304,9 +309,19 @@ def idle_load(bench: Bench, system: System) -> Measurement:
     finally:
         for worker in workers:
             bench.children.reap(worker)
+    per_second = (statements_after - statements) / elapsed
+    # What makes the load: a poll as each process begins a transaction, or
+    # a look of each server's change feed.
+    if system.client == RELSTORAGE:
+        polls_per_second = IDLE_PROCESSES / IDLE_PERIOD
+    else:
+        polls_per_second = servers / FEED_INTERVAL
     return Measurement(
-        (statements_after - statements) / elapsed,
-        {"transactions_per_s": (transactions_after - transactions) / elapsed},
+        per_second,
+        {
+            "transactions_per_s": (transactions_after - transactions) / elapsed,
+            "statements_per_poll": per_second / polls_per_second,
+        },
     )
 
 
@@ -432,6 +447,7 @@ def _measure(
 
 def run(settings: DatabaseSettings, work: Path, children: Children) -> dict[str, Any]:
     machine = report.machine()
+    machine["packages"].update({name: _version(name) for name in PACKAGES})
     _compile_bytecode()
     postgres = PostgresServer(POSTGRES_SETTINGS)
     try:
@@ -530,7 +546,11 @@ def _detail(workload: dict[str, Any], key: str) -> str:
             f"p99 {_value(extras.get('p99_ms'))} ms"
         )
     if name == "idle_load":
-        return f"{_value(extras.get('transactions_per_s'))} transactions/s"
+        poll = "transaction start" if key == BASELINE else "look of a feed"
+        return (
+            f"{_value(extras.get('transactions_per_s'))} transactions/s; "
+            f"{_value(extras.get('statements_per_poll'))} statements per {poll}"
+        )
     return f"{_value(extras.get('ms'))} ms in all"
 
 
@@ -596,18 +616,26 @@ def markdown(results: dict[str, Any]) -> str:
         + " / ".join(f"{x:.2f}" for x in machine["load_average_at_start"])
         + ", at the end "
         + " / ".join(f"{x:.2f}" for x in machine["load_average_at_end"])
-        + _shared_note(machine)
-        + ".",
+        + " (this benchmark's own processes included)."
+        + _shared_note(machine),
         "",
     ]
     return "\n".join(lines)
 
 
 def _shared_note(machine: dict[str, Any]) -> str:
-    loads = [*machine["load_average_at_start"], *machine["load_average_at_end"]]
-    if max(loads) > 0.5 * (machine["cores"] or 1):
-        return " (the machine was shared with other work)"
+    """The end's load includes this benchmark's own processes; the start's
+    is other work's."""
+    if machine["load_average_at_start"][0] > 0.5 * (machine["cores"] or 1):
+        return "  Other work shared the machine: its load was high at the start."
     return ""
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _log(message: str) -> None:
