@@ -110,8 +110,9 @@ DELAY_SPACING = 0.037
 POSTGRES_SETTINGS = ("shared_preload_libraries=pg_stat_statements",)
 #: Our servers' ``database-poll-interval``: its default, which they run with.
 FEED_INTERVAL = 0.1
-#: Packages named in the report beside ``bench.report.PACKAGES``.
-PACKAGES = ("RelStorage", "psycopg2")
+#: Packages named in the report beside ``bench.report.PACKAGES``
+#: (psycopg2 is installed as either distribution).
+PACKAGES = ("RelStorage", "psycopg2", "psycopg2-binary")
 
 
 @dataclass(frozen=True)
