@@ -1,19 +1,24 @@
-"""Open a storage of one kind: our client, ZEO's client, or a FileStorage.
+"""Open a storage of one kind: our client, ZEO's client, a FileStorage, or
+RelStorage on PostgreSQL.
 
 Shared by the benchmark process and its workers so both open clients the
-same way.  ZEO is imported lazily: it is a benchmark-only dependency.
+same way.  ZEO and RelStorage are imported lazily: they are benchmark-only
+dependencies.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
+import tempfile
 from typing import Any
 
 #: Client kinds: the ``client`` half of a system.
 OURS = "ours"
 ZEO = "zeo"
 FILESTORAGE = "filestorage"
+#: RelStorage opened by the application process itself (``bench.database``).
+RELSTORAGE = "relstorage"
 
 CONNECT_TIMEOUT = 30.0
 
@@ -34,16 +39,20 @@ def open_storage(
 ) -> Any:
     """A connected storage of ``kind``.
 
-    ``target`` is a server address for the clients and ``(path, blob_dir)``
-    for a FileStorage.  ``blob_dir`` is the client's private blob cache;
-    ``cache_name`` and ``cache_dir`` make its object cache persistent;
-    ``cache_size`` is its size in bytes.
+    ``target`` is a server address for the clients, ``(path, blob_dir)``
+    for a FileStorage and ``(dsn, directory)`` for RelStorage (its blob
+    cache is a new directory in ``directory``).  ``blob_dir`` is the
+    client's private blob cache; ``cache_name`` and ``cache_dir`` make its
+    object cache persistent; ``cache_size`` is its size in bytes.
     """
     if kind == FILESTORAGE:
         from ZODB.FileStorage import FileStorage
 
         path, server_blobs = target
         return FileStorage(path, blob_dir=server_blobs)
+    if kind == RELSTORAGE:
+        dsn, directory = target
+        return relstorage(dsn, tempfile.mkdtemp(prefix="blobcache-", dir=directory))
     options: dict[str, Any] = {"wait_timeout": wait_timeout}
     if cache_size is not None:
         options["cache_size"] = cache_size
@@ -63,6 +72,18 @@ def open_storage(
 
         return ZeoClientStorage(tuple(target), **options)
     raise ValueError(f"unknown client kind {kind!r}")
+
+
+def relstorage(dsn: str, blob_cache: str) -> Any:
+    """A history-preserving RelStorage on PostgreSQL ``dsn`` with its blobs
+    in the database (``blob_cache`` is this process's cache of them), as
+    ``tests/support/database.py`` configures our servers' storages."""
+    from relstorage.adapters.postgresql import PostgreSQLAdapter
+    from relstorage.options import Options
+    from relstorage.storage import RelStorage
+
+    options = Options(keep_history=True, blob_dir=blob_cache, shared_blob_dir=False)
+    return RelStorage(PostgreSQLAdapter(dsn=dsn, options=options), options=options)
 
 
 def client_tls(directory: str) -> ssl.SSLContext:

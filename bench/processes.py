@@ -166,10 +166,13 @@ def zeo_conf(
     msgpack: bool | None,
     tls: str | None = None,
     monitor_port: int | None = None,
+    storage_section: str | None = None,
 ) -> str:
     """``tls``: a directory of ``clients.make_certificates`` files: both
     servers then take the same ``<ssl>`` section.  ``monitor_port``: our
-    server's ``monitor-address`` (ZEO 6 has no monitor)."""
+    server's ``monitor-address`` (ZEO 6 has no monitor).
+    ``storage_section`` replaces the FileStorage at ``path`` (a
+    ``<relstorage>`` section with its ``%import`` line, say)."""
     zeo = [f"  address 127.0.0.1:{port}"]
     if monitor_port is not None:
         zeo.append(f"  monitor-address 127.0.0.1:{monitor_port}")
@@ -183,7 +186,10 @@ def zeo_conf(
             f"    authenticate {tls}/ca.pem",
             "  </ssl>",
         ]
-    lines = ["<zeo>", *zeo, "</zeo>", "<filestorage 1>", f"  path {path}"]
+    lines = ["<zeo>", *zeo, "</zeo>"]
+    if storage_section is not None:
+        return "\n".join(lines) + "\n" + storage_section
+    lines += ["<filestorage 1>", f"  path {path}"]
     lines += [f"  blob-dir {blob_dir}", "</filestorage>"]
     return "\n".join(lines) + "\n"
 
@@ -200,6 +206,7 @@ def start_server(
     name: str | None = None,
     timeout: float = START_TIMEOUT,
     env: dict[str, str] | None = None,
+    storage_section: str | None = None,
 ) -> tuple[Child, tuple[str, int]]:
     """Start server ``kind`` (``"zeo"`` or ``"ours"``) on the given storage.
 
@@ -209,13 +216,16 @@ def start_server(
     ``monitor_port``: our server's monitor listens there.  ``name`` (default
     ``KIND-server``) names its configuration, var directory and log.
     ``timeout``: how long it may take to listen.  ``env``: the server's
-    environment, if not this process's.
+    environment, if not this process's.  ``storage_section``: the storage
+    instead of a FileStorage at ``path`` (``zeo_conf``).
     """
     port = free_port()
     name = name or f"{kind}-server"
     conf = os.path.join(work_dir, f"{name}.conf")
     with open(conf, "w") as file:
-        file.write(zeo_conf(path, blob_dir, port, msgpack, tls, monitor_port))
+        file.write(
+            zeo_conf(path, blob_dir, port, msgpack, tls, monitor_port, storage_section)
+        )
     if kind == "zeo":
         argv = [sys.executable, "-m", "ZEO.runzeo", "-C", conf]
     else:

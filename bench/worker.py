@@ -21,6 +21,16 @@ when each invalidation reaches it; with ``ARG`` ``busy`` a second thread
 keeps the interpreter busy in Python meanwhile (an application thread
 rendering pages); print ``READY``; on ``DONE HEX`` wait for tid ``HEX``
 and print ``RESULT {HEX tid: T}``.
+``see``: open a client with a connection holding counter 0, print
+``READY``; on ``UNTIL N`` print ``WATCHING`` and begin a transaction every
+``SEE_PAUSE`` seconds, reading the counter, until it reads ``N``; print
+``RESULT {n: T}``, the moment each value of the counter was first visible
+(a value skipped over became visible with the one read).  Unlike
+``watch`` it needs no invalidation hook, so it works on RelStorage, which
+learns of changes when a transaction begins.
+``idle``: open a client with a connection, print ``READY`` and begin a
+transaction every ``ARG`` seconds, reading counter ``INDEX``, as a Zope
+worker's periodic task does, until stdin says anything or closes.
 
 ``TARGET`` is JSON: a server address, or ``[path, blob_dir]`` for a
 FileStorage.  ``KIND`` ``echo``: ``commit``, ``listen`` and ``read``
@@ -47,6 +57,10 @@ from .clients import open_storage
 LIFETIME = 600
 #: Seconds between two looks at the clients' last tids while waiting.
 POLL = 0.005
+#: Seconds ``see`` sleeps between two transactions.
+SEE_PAUSE = 0.001
+#: Seconds ``see`` waits for the value it was told to wait for.
+SEE_TIMEOUT = 60.0
 
 
 def commit_loop(db: ZODB.DB, index: int) -> None:
@@ -162,6 +176,53 @@ def watch(db: ZODB.DB, busy: bool) -> None:
     conn.close()
 
 
+def see(db: ZODB.DB) -> None:
+    manager = transaction.TransactionManager()
+    conn = db.open(transaction_manager=manager)
+    counter = conn.root()["counters"][0]
+    known = counter["n"]
+    manager.abort()
+    print("READY", flush=True)
+    command = sys.stdin.readline().split()
+    if not command or command[0] != "UNTIL":
+        return
+    last = int(command[1])
+    seen: dict[int, float] = {}
+    print("WATCHING", flush=True)
+    deadline = time.monotonic() + SEE_TIMEOUT
+    while known < last and time.monotonic() < deadline:
+        manager.begin()
+        value = counter["n"]
+        now = time.perf_counter()
+        manager.abort()
+        for number in range(known + 1, value + 1):
+            seen[number] = now
+        known = max(known, value)
+        time.sleep(SEE_PAUSE)
+    conn.close()
+    print("RESULT", json.dumps(seen), flush=True)
+
+
+def idle(db: ZODB.DB, index: int, period: float) -> None:
+    manager = transaction.TransactionManager()
+    conn = db.open(transaction_manager=manager)
+    conn.root()["counters"][index]["n"]
+    manager.abort()
+    stop = threading.Event()
+
+    def wait_for_stdin() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    threading.Thread(target=wait_for_stdin, daemon=True).start()
+    print("READY", flush=True)
+    while not stop.wait(period):
+        manager.begin()
+        conn.root()["counters"][index]["n"]
+        manager.abort()
+    conn.close()
+
+
 def echo_worker(mode: str, target: Any, extra: str) -> None:
     """The same modes against ``bench.echo``'s server: the floor."""
     from . import echo
@@ -220,6 +281,10 @@ def main(argv: list[str]) -> int:
             read(db, extra)
         elif mode == "watch":
             watch(db, extra == "busy")
+        elif mode == "see":
+            see(db)
+        elif mode == "idle":
+            idle(db, index, float(extra))
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     finally:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg2
@@ -48,7 +49,10 @@ def binaries() -> Path:
 class PostgresServer:
     """One PostgreSQL server in a directory of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Sequence[str] = ()) -> None:
+        """``settings``: more ``name=value`` server settings, on top of the
+        tests' own (``shared_preload_libraries=pg_stat_statements``, say)."""
+        self.settings = tuple(settings)
         self.directory = Path(tempfile.mkdtemp(prefix="zodbpg-"))
         self.data = self.directory / "data"
         self.socket_dir = str(self.directory)
@@ -101,6 +105,7 @@ class PostgresServer:
                 "max_prepared_transactions=10",
                 "-c",
                 "log_disconnections=on",
+                *(argument for item in self.settings for argument in ("-c", item)),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
