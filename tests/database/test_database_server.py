@@ -259,3 +259,17 @@ def test_pack_and_undo_through_one_server_while_another_serves(
     shared_after, own = _read_counters(user)
     assert shared_after == shared_before - 1
     assert sum(own) == 2 * 20 - 1
+
+
+def test_a_server_wakes_the_others_when_it_commits(servers: RelStorageServers) -> None:
+    # No polling to speak of: only the commit notice can bring the news.
+    first = servers.start(database_poll_interval=3600)
+    second = servers.start(database_poll_interval=3600)
+    writer, reader = servers.db(first), servers.db(second)
+    for value in range(3):
+        _commit_root(writer, x=value)
+        committed = writer.storage.lastTransaction()
+        wait_until(
+            lambda committed=committed: reader.storage.lastTransaction() >= committed,
+            "the second server to publish the first one's commit",
+        )

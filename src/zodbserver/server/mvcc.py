@@ -54,6 +54,7 @@ from ZODB.POSException import (
 )
 from ZODB.utils import p64, u64
 
+from .commit_notices import commit_notices
 from .storage_api import LoadResult
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,9 @@ class MVCCHosting:
         _resolve_from_history(self._commit)
         self._readers = ReaderPool(storage)
         self._feed = ChangeFeed(storage)
+        #: Wakes the servers on the same database when one commits (None:
+        #: they only poll).
+        self.notices = commit_notices(storage)
         #: Thread-safe: transactions of others, ``(tid, oids)`` in tid
         #: order (oids None: every object may have changed), not yet
         #: published; ``HostedStorage`` takes them on the loop.
@@ -358,6 +362,8 @@ class MVCCHosting:
         return bool(supports and supports())
 
     def close(self) -> None:
+        if self.notices is not None:
+            self.notices.close()
         self._feed.close()
         self._readers.release()
         with contextlib.suppress(Exception):
@@ -462,7 +468,10 @@ class MVCCHosting:
         self, transaction: Any, tid: bytes | None = None, status: str = " "
     ) -> None:
         with zodb_errors():
-            _refresh(self._commit)
+            # Conflicts are resolved from revisions its snapshot must have:
+            # a newer one than it sees was committed by another server.
+            if self._commit.lastTransactionInt() < self._visible:
+                _refresh(self._commit)
             self._commit.tpc_begin(transaction, tid, status)
 
     def _in_transaction(self, method: str, *args: Any) -> Any:
@@ -544,6 +553,8 @@ class MVCCHosting:
         # Ours: the server publishes it, the feed must not find it again.
         self._feed.tid = u64(tid)
         self._visible = u64(tid)
+        if self.notices is not None:
+            self.notices.announce()
         return tid
 
     def tpc_abort(self, transaction: Any) -> None:

@@ -14,6 +14,7 @@ says otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypedDict, TypeVar
@@ -153,20 +154,26 @@ class HostedStorage:
     def attach(self, loop: asyncio.AbstractEventLoop, tasks: ServerTasks) -> None:
         """Start serving on ``loop``: tell the storage about us."""
         if self.mvcc is not None:
-            tasks.spawn(self._look_for_changes(), service=True)
+            wake = asyncio.Event()
+            if self.mvcc.notices is not None:
+                self.mvcc.notices.start(lambda: loop.call_soon_threadsafe(wake.set))
+            tasks.spawn(self._look_for_changes(wake), service=True)
             return
         register = getattr(self.storage, "registerDB", None)
         if register is not None:
             register(_StorageEvents(self, loop))
 
-    async def _look_for_changes(self) -> None:
+    async def _look_for_changes(self, wake: asyncio.Event) -> None:
         """Have the storage thread look for what other processes committed,
-        every ``database_poll_interval`` seconds."""
+        every ``database_poll_interval`` seconds and whenever another server
+        says it committed (``wake``)."""
         mvcc = self.mvcc
         assert mvcc is not None
         interval = self.settings.database_poll_interval
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
             try:
                 await self.submit(mvcc.look_for_changes)
             except Exception as error:
