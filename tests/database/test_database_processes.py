@@ -4,6 +4,8 @@ a server SIGKILLed under load, PostgreSQL restarted under the servers."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ import pytest
 import transaction
 import ZEO
 import ZODB
+import ZODB.blob
+import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
 
 from support.database import RelStorageServers
@@ -211,3 +215,78 @@ def test_servers_reconnect_when_postgresql_restarts(
             assert _counters(db)[0] == 6
         finally:
             db.close()
+
+
+def test_a_data_fs_moves_into_the_database_and_back(
+    hp_servers: RelStorageServers, tmp_path: Path
+) -> None:
+    """docs/database.md's zodbconvert, both ways, served in between."""
+    source = tmp_path / "source"
+    source.mkdir()
+    original = ZODB.DB(
+        ZODB.FileStorage.FileStorage(
+            str(source / "Data.fs"), blob_dir=str(source / "blobs")
+        )
+    )
+    with original.transaction() as connection:
+        connection.root()["pages"] = PersistentMapping(front="welcome")
+        blob = ZODB.blob.Blob(b"an attachment")
+        connection.root()["file"] = blob
+    with original.transaction() as connection:
+        connection.root()["pages"]["about"] = "us"
+    original.close()
+
+    relstorage = hp_servers.zeo_conf("convert").replace(
+        "<relstorage 1>", "<relstorage>"
+    )
+    into = tmp_path / "into.conf"
+    into.write_text(
+        relstorage.replace("<relstorage>", "<relstorage destination>", 1).replace(
+            "%import relstorage\n",
+            "%import relstorage\n"
+            f"<filestorage source>\n  path {source / 'Data.fs'}\n"
+            f"  blob-dir {source / 'blobs'}\n</filestorage>\n",
+        )
+    )
+    zodbconvert = Path(sys.executable).parent / "zodbconvert"
+    subprocess.run([str(zodbconvert), str(into)], check=True, capture_output=True)
+
+    with _processes(hp_servers, 1) as [process]:
+        db = ZODB.DB(ClientStorage(process.address, wait_timeout=30))
+        try:
+            with db.transaction() as connection:
+                root = connection.root()
+                assert dict(root["pages"]) == {"front": "welcome", "about": "us"}
+                with root["file"].open() as file:
+                    assert file.read() == b"an attachment"
+                root["pages"]["served"] = "by zodbserver"
+        finally:
+            db.close()
+
+    back = tmp_path / "back"
+    back.mkdir()
+    out = tmp_path / "out.conf"
+    out.write_text(
+        relstorage.replace("<relstorage>", "<relstorage source>", 1).replace(
+            "%import relstorage\n",
+            "%import relstorage\n"
+            f"<filestorage destination>\n  path {back / 'Data.fs'}\n"
+            f"  blob-dir {back / 'blobs'}\n</filestorage>\n",
+        )
+    )
+    subprocess.run([str(zodbconvert), str(out)], check=True, capture_output=True)
+    returned = ZODB.DB(
+        ZODB.FileStorage.FileStorage(
+            str(back / "Data.fs"), blob_dir=str(back / "blobs")
+        )
+    )
+    try:
+        with returned.transaction() as connection:
+            root = connection.root()
+            assert root["pages"]["served"] == "by zodbserver"
+            with root["file"].open() as file:
+                assert file.read() == b"an attachment"
+        # Every transaction came along, with its tid.
+        assert len(list(returned.storage.iterator())) == 4
+    finally:
+        returned.close()
