@@ -252,7 +252,11 @@ def test_a_data_fs_moves_into_the_database_and_back(
     subprocess.run([str(zodbconvert), str(into)], check=True, capture_output=True)
 
     with _processes(hp_servers, 1) as [process]:
-        db = ZODB.DB(ClientStorage(process.address, wait_timeout=30))
+        db = ZODB.DB(
+            ClientStorage(
+                process.address, wait_timeout=30, blob_dir=str(tmp_path / "cache")
+            )
+        )
         try:
             with db.transaction() as connection:
                 root = connection.root()
