@@ -34,26 +34,15 @@ from ZODB.tests import (
 from ZODB.TimeStamp import TimeStamp
 
 from client.test_conformance import ClientStorageHarness
+from compat import test_zeo_suites as zeo_suites
 from compat.test_zeo_suites import OurServer, start_our_server, zeo_checks
 from support.database import new_database
 from support.postgres import PostgresServer
 from support.suites import run_suite, select
 from zodbserver.client import ClientStorage
 
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <coroutine object "
-        "ClientIO.(call_sync_co|tpc_finish_co):pytest.PytestUnraisableExceptionWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:coroutine 'ClientIO.(call_sync_co|tpc_finish_co)' was never awaited"
-        ":RuntimeWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <_io.FileIO name=[0-9]+ mode='rb[+]'"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+# ZEO's client leaves the same warnings as against a FileStorage.
+pytestmark = zeo_suites.pytestmark
 
 
 class OnNewDatabase:

@@ -162,7 +162,8 @@ def commit_value(db: ZODB.DB, key: str, value: int) -> bytes:
     finally:
         manager.abort()
         connection.close()
-    assert tid == db.storage.lastTransaction()
+    # Another client may have committed since: its invalidation may be in.
+    assert tid <= db.storage.lastTransaction()
     return tid
 
 

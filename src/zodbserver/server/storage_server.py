@@ -144,6 +144,8 @@ class HostedStorage:
         self.running: set[asyncio.Future[Any]] = set()
         #: Finishes among them: a load may wait for one (``submit_finish``).
         self.finishing: set[asyncio.Future[Any]] = set()
+        #: Set as the storage closes: the services stop calling it.
+        self.closing = False
         #: Packs begun: an iterator begun before one cannot go on.
         self.packs = 0
         #: The replicas following this storage, and what they confirmed.
@@ -174,9 +176,13 @@ class HostedStorage:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval)
             wake.clear()
+            if self.closing:
+                return
             try:
                 await self.submit(mvcc.look_for_changes)
             except Exception as error:
+                if self.closing:
+                    return
                 logger.error(
                     "storage %r: cannot look for commits of other servers: %s",
                     self.name,
@@ -313,6 +319,7 @@ class HostedStorage:
 
     def close(self) -> None:
         """Close the storage (blocking: call it from a thread)."""
+        self.closing = True
         self._worker.shutdown()
         self.storage.close()
 

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ZODB.POSException import StorageError
+
 T = TypeVar("T")
 
 #: A queued call: the loop and future its outcome goes to, what to call.
@@ -41,6 +43,7 @@ class StorageThread:
         #: Calls to run, then None to end the thread.
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def submit(
         self,
@@ -48,7 +51,10 @@ class StorageThread:
         function: Callable[..., T],
         args: tuple[Any, ...],
     ) -> asyncio.Future[T]:
-        """Queue ``function(*args)``; its outcome completes the future."""
+        """Queue ``function(*args)``; its outcome completes the future.
+        ``StorageError`` once the thread was shut down."""
+        if self._closed:
+            raise StorageError(f"{self.name} is closed")
         if self._thread is None:
             # A daemon: an interpreter exiting without ``shutdown`` (an
             # embedding that never stopped its server) must not hang on it.
@@ -61,7 +67,9 @@ class StorageThread:
         return future
 
     def shutdown(self) -> None:
-        """Run what is queued, then end the thread (blocking)."""
+        """Run what is queued, then end the thread (blocking); refuse
+        calls from then on."""
+        self._closed = True
         if self._thread is not None:
             self._calls.put(None)
             self._thread.join()
