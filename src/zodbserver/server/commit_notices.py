@@ -56,6 +56,8 @@ class CommitNotices:
         self._announcer: Any = None
         self._announcing = ThreadPoolExecutor(1, thread_name_prefix="commit notice")
         self._stopping = threading.Event()
+        #: Written to by ``close``: wakes the listening thread at once.
+        self._wakeup_read, self._wakeup_write = os.pipe()
         self._thread: threading.Thread | None = None
         self._listener: Any = None
 
@@ -109,8 +111,10 @@ class CommitNotices:
                 # A commit announced while we were not listening: look.
                 wake()
                 while not self._stopping.is_set():
-                    ready, _, _ = select.select([listener], [], [], RETRY)
-                    if not ready:
+                    ready, _, _ = select.select(
+                        [listener, self._wakeup_read], [], [], RETRY
+                    )
+                    if listener not in ready:
                         continue
                     listener.poll()
                     others = [
@@ -137,8 +141,13 @@ class CommitNotices:
                         listener.close()
 
     def close(self) -> None:
+        if self._stopping.is_set():
+            return
         self._stopping.set()
+        os.write(self._wakeup_write, b"x")
         if self._thread is not None:
             self._thread.join(5 * RETRY)
+        os.close(self._wakeup_read)
+        os.close(self._wakeup_write)
         self._announcing.shutdown(wait=True)
         self._close_announcer()

@@ -172,6 +172,7 @@ class HostedStorage:
         mvcc = self.mvcc
         assert mvcc is not None
         interval = self.settings.database_poll_interval
+        failing = False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval)
@@ -183,12 +184,23 @@ class HostedStorage:
             except Exception as error:
                 if self.closing:
                     return
-                logger.error(
-                    "storage %r: cannot look for commits of other servers: %s",
-                    self.name,
-                    error,
-                    exc_info=True,
-                )
+                # Once per outage, not at every look.
+                if not failing:
+                    logger.error(
+                        "storage %r: cannot look for commits of other "
+                        "servers (retrying every %s s): %s",
+                        self.name,
+                        interval,
+                        error,
+                    )
+                failing = True
+            else:
+                if failing:
+                    logger.info(
+                        "storage %r: looking for commits of other servers again",
+                        self.name,
+                    )
+                failing = False
 
     async def catch_up(self) -> None:
         """Publish what other servers on the same database committed until
