@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,7 @@ from zodbserver.client.cache_file import (
     decode_cache,
     encode_cache,
 )
+from zodbserver.client.verification import verify_cache
 from zodbserver.errors import StorageInUseError
 
 from .conftest import ServerHandle
@@ -96,8 +99,13 @@ def test_save_and_load_keep_contents_and_order(tmp_path: Any) -> None:
 
     restored = ClientCache()
     file = CacheFile(str(tmp_path / "c.zec"))
-    file.load_into(restored)
+    saved = file.read()
     file.close()
+    assert saved is not None
+    assert (saved.last_tid, saved.count) == (p64(7), 2)
+    assert len(restored) == 0  # nothing is taken apart before it is kept
+    assert saved.restore_into(restored)
+    assert not saved.pending
     assert restored.get_last_tid() == p64(7)
     assert [(r.oid, r.end) for r in restored.records()] == [
         (p64(2), p64(5)),
@@ -121,15 +129,106 @@ def test_damaged_file_is_moved_aside_with_a_warning(
 ) -> None:
     path = tmp_path / "c.zec"
     path.write_bytes(b"ZEC3" + bytes(100))
-    cache = ClientCache()
     file = CacheFile(str(path))
     with caplog.at_level(logging.WARNING):
-        file.load_into(cache)
+        assert file.read() is None
     file.close()
-    assert len(cache) == 0
     assert "damaged" in caplog.text
     assert os.path.exists(str(path) + ".bad")
     assert not path.exists()
+
+
+def _record_file(path: Any, *records: CacheRecord) -> None:
+    """A cache file whose frame and checksum are right, whatever its records."""
+    path.write_bytes(encode_cache(p64(5), list(records)))
+
+
+def test_a_damaged_record_found_when_kept_empties_the_cache(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.zec"
+    _record_file(
+        path,
+        CacheRecord(p64(1), p64(4), None, b"a"),
+        CacheRecord(p64(2), p64(4), p64(3), b"ends before it starts"),
+    )
+    file = CacheFile(str(path))
+    saved = file.read()
+    assert saved is not None
+    cache = ClientCache()
+    with caplog.at_level(logging.WARNING):
+        assert not saved.restore_into(cache)
+    file.close()
+    assert len(cache) == 0
+    assert not saved.pending
+    assert "record ends before it starts" in caplog.text
+    assert os.path.exists(str(path) + ".bad")
+
+
+class _TooOld:
+    """A server whose invalidation queue does not reach back far enough."""
+
+    async def call(self, method: str, args: tuple[Any, ...]) -> Any:
+        assert method == "getInvalidations"
+        return None
+
+
+class _Database:
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def invalidate_transaction(self, tid: bytes, oids: list[bytes]) -> None:
+        raise AssertionError("nothing to invalidate")
+
+    def invalidate_cache(self) -> None:
+        self.dropped += 1
+
+
+def test_records_verification_drops_are_never_read(tmp_path: Any) -> None:
+    """A snapshot too old to verify is dropped without taking it apart: a
+    damaged record in it goes unnoticed, and the file stays where it is."""
+    path = tmp_path / "c.zec"
+    _record_file(path, CacheRecord(p64(2), p64(4), p64(3), b"never read"))
+    file = CacheFile(str(path))
+    saved = file.read()
+    file.close()
+    cache, database = ClientCache(), _Database()
+    result = asyncio.run(verify_cache(_TooOld(), cache, p64(9), database, saved))
+    assert result == "cache too old, clearing"
+    assert saved is not None
+    assert not saved.pending
+    assert len(cache) == 0
+    assert database.dropped == 1
+    assert path.exists()
+    assert not os.path.exists(str(path) + ".bad")
+
+
+def test_a_storage_that_never_connected_keeps_the_file(
+    server: ServerHandle, tmp_path: Any
+) -> None:
+    options = dict(client="app", var=str(tmp_path), wait_timeout=10)
+    client = ClientStorage(server.addr, **options)
+    store(client, client.new_oid(), z64, "cached")
+    client.close()
+    path = tmp_path / "app-1.zec"
+    before = path.read_bytes()
+
+    nowhere = ClientStorage(("127.0.0.1", _closed_port()), wait=False, **options)
+    nowhere.close()
+    assert path.read_bytes() == before
+
+    client = ClientStorage(server.addr, **options)
+    try:
+        assert client.verify_result == "cache up to date"
+        assert len(client._cache) == 1
+    finally:
+        client.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_client_reuses_its_cache_file_across_runs(

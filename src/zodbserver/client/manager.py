@@ -47,6 +47,7 @@ from typing import Any, Protocol
 from ZODB import POSException
 
 from .cache import ClientCache
+from .cache_file import SavedCache
 from .link import Address, ServerLink
 from .readahead import Readahead
 from .routing import RequestRouting
@@ -101,12 +102,16 @@ class ConnectionManager(RequestRouting):
         ssl_server_hostname: str | None = None,
         blobs: BlobReceiver | None = None,
         readahead: int = 0,
+        saved: SavedCache | None = None,
     ) -> None:
         self.addresses = addresses
         self.readahead = Readahead(readahead)
         self.blobs = blobs
         self.storage_key = storage_key
         self.cache = cache
+        #: The cache file's snapshot, until the first verification has read
+        #: it into the cache or dropped it.
+        self.saved = saved
         self.listener = listener
         self.read_only = read_only
         self.read_only_fallback = read_only_fallback and not read_only
@@ -301,7 +306,10 @@ class ConnectionManager(RequestRouting):
         if server_tid is None:
             server_tid = await link.call("lastTransaction", ())
         assert server_tid is not None
-        verify_result = await verify_cache(link, self.cache, server_tid, self.listener)
+        verify_result = await verify_cache(
+            link, self.cache, server_tid, self.listener, self.saved
+        )
+        self.saved = None
         self.cache.set_last_tid(server_tid)
         early = link.early_invalidations or []
         link.early_invalidations = None

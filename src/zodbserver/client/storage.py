@@ -31,7 +31,7 @@ from ..addresses import normalize_addresses
 from ..errors import ConfigurationError
 from .blobs import BlobFiles
 from .cache import ClientCache
-from .cache_file import CacheFile, cache_path
+from .cache_file import CacheFile, SavedCache, cache_path
 from .commit import MB, NO_SERVER_BLOBS, CommitBuffer, TwoPhaseCommit
 from .connection import ClientThread
 from .exceptions import ClientDisconnected
@@ -141,10 +141,13 @@ class ClientStorage(TwoPhaseCommit):
         )
         self._cache = ClientCache(cache_size)
         self._cache_file: CacheFile | None = None
+        self._saved_cache: SavedCache | None = None
         path = cache_path(cache, client, var, storage)
         if path is not None:
             self._cache_file = CacheFile(path)
-            self._cache_file.load_into(self._cache)
+            self._saved_cache = self._cache_file.read()
+            if self._saved_cache is not None:
+                self._cache.set_last_tid(self._saved_cache.last_tid)
         self._connection_changed = threading.Condition()
         self._connected = False
 
@@ -164,6 +167,7 @@ class ClientStorage(TwoPhaseCommit):
                 ssl_server_hostname=ssl_server_hostname,
                 blobs=self._blobs,
                 readahead=int(readahead),
+                saved=self._saved_cache,
             )
 
         self._thread = ClientThread(make_manager, self.__name__)
@@ -288,8 +292,11 @@ class ClientStorage(TwoPhaseCommit):
             self._blobs.close()
         cache_file, self._cache_file = self._cache_file, None
         if cache_file is not None:
+            saved = self._saved_cache
             try:
-                cache_file.save(self._cache)
+                # A storage that never connected leaves the file as it was.
+                if saved is None or not saved.pending:
+                    cache_file.save(self._cache)
             except OSError:
                 logger.exception("could not save the cache file %s", cache_file.path)
             finally:
