@@ -64,6 +64,7 @@ import ZConfig.loader
 import ZODB.FileStorage
 import ZODB.interfaces
 
+from . import child_packer
 from .addresses import Address, parse_address
 from .errors import ConfigurationError, StorageInUseError
 from .protocol import DEFAULT_MAX_FRAME_SIZE
@@ -442,10 +443,12 @@ def open_storages(config: ServerConfig) -> dict[str, ZODB.interfaces.IStorage]:
 
 def _open(factory: StorageFactory) -> ZODB.interfaces.IStorage:
     try:
-        return factory.open()
+        storage = factory.open()
     except zc.lockfile.LockError as error:
         path = factory.path or locked_path(error)
         raise storage_in_use(factory.name, path) from error
+    child_packer.install(storage)
+    return storage
 
 
 def storage_in_use(name: str, path: str) -> StorageInUseError:
