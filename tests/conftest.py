@@ -1,4 +1,12 @@
-"""Fixtures any test package may use."""
+"""Fixtures any test package may use, and the ``--long`` option.
+
+ZODB and ZEO mark some of the tests they ship as long (``level`` 2: ZODB's
+race between disconnects and invalidations, 15-35 s each); their own test
+runner leaves those out unless asked.  Here they run in the classes that
+set ``long_tests = True`` (one for each client and server pairing: ZEO's
+client and ours against our server, and ours on RelStorage), and in every
+class with ``--long``.  The others are deselected, not skipped.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,29 @@ from collections.abc import Iterator
 import pytest
 
 from support.postgres import PostgresServer
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="run ZODB's and ZEO's long tests in every class that has them",
+    )
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.getoption("--long"):
+        return
+    kept, long_ones = [], []
+    for item in items:
+        is_long = getattr(getattr(item, "obj", None), "level", 1) >= 2
+        wanted = getattr(getattr(item, "cls", None), "long_tests", False)
+        (long_ones if is_long and not wanted else kept).append(item)
+    if long_ones:
+        config.hook.pytest_deselected(items=long_ones)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

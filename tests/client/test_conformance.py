@@ -99,6 +99,9 @@ class FullClientStorageTests(
 for _name in SERVERS:
     _class_name = "TestClientStorageWith" + _name.replace("-", "")
     globals()[_class_name] = type(
-        _class_name, (FullClientStorageTests,), {"server_name": _name, "__test__": True}
+        _class_name,
+        (FullClientStorageTests,),
+        # ZODB's long race test runs against our server (tests/conftest.py).
+        {"server_name": _name, "__test__": True, "long_tests": _name == "ours-M5"},
     )
 del _name, _class_name

@@ -127,7 +127,7 @@ class _WithHistory(HistoryStorage.HistoryStorage, PersistentStorage.PersistentSt
 
 @zeo_checks
 class TestFileStorageMsgpack(OurServer, testZEO.FileStorageTests, _WithHistory):
-    pass
+    long_tests = True  # ZODB's long race test, with ZEO's client (tests/conftest.py)
 
 
 @zeo_checks

@@ -194,7 +194,7 @@ class TestOurClientHistoryPreserving(
     ConflictResolution.ConflictResolvingStorage,
     ConflictResolution.ConflictResolvingTransUndoStorage,
 ):
-    pass
+    long_tests = True  # ZODB's long race test on RelStorage (tests/conftest.py)
 
 
 class TestOurClientHistoryFree(
