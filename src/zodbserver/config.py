@@ -70,6 +70,7 @@ from .errors import ConfigurationError, StorageInUseError
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .server.access import load_rules
 from .server.settings import ServerSettings
+from .server.tasks import MAX_WORKER_THREADS
 from .tls import ServerTLS, server_context
 from .units import parse_byte_size, parse_seconds
 
@@ -117,6 +118,13 @@ def non_negative_integer(value: str) -> int:
         raise ValueError(f"not a whole number: {value!r}") from None
     if number < 0:
         raise ValueError(f"must not be negative: {value!r}")
+    return number
+
+
+def worker_threads(value: str) -> int:
+    number = non_negative_integer(value)
+    if not 1 <= number <= MAX_WORKER_THREADS:
+        raise ValueError(f"must be from 1 to {MAX_WORKER_THREADS}: {value!r}")
     return number
 
 
@@ -299,6 +307,7 @@ def _settings(zeo: Any, environ: Mapping[str, str]) -> ServerSettings:
         connection_buffer_limit=zeo.connection_buffer_limit,
         slow_client_timeout=zeo.slow_client_timeout,
         database_poll_interval=zeo.database_poll_interval,
+        worker_threads=zeo.worker_threads,
         replicate_from=zeo.replicate_from,
         sync_replicas=zeo.sync_replicas,
         sync_replicas_timeout=zeo.sync_replicas_timeout,

@@ -6,12 +6,15 @@ import threading
 import time
 from typing import Any
 
+import psycopg2
 import pytest
 import transaction
+import ZODB
 from BTrees.Length import Length
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 from ZODB.POSException import ConflictError
+from ZODB.utils import z64
 
 from support.database import RelStorageServers
 from support.waiting import wait_until
@@ -118,16 +121,22 @@ def test_a_commit_through_one_server_reaches_the_clients_of_the_others(
         connection.close()
 
 
-def test_a_client_that_syncs_sees_what_another_server_committed(
+def test_a_client_that_syncs_sees_what_another_process_committed(
     servers: RelStorageServers,
 ) -> None:
-    # A long poll interval: only the sync can make it current in time.
-    first = servers.start(database_poll_interval=3600)
-    second = servers.start(database_poll_interval=3600)
-    writer = servers.db(first)
-    reader_storage = servers.client(second, server_sync=True)
-    _commit_root(writer, x=2)
-    committed = writer.storage.lastTransaction()
+    """A commit the server is not told of (a RelStorage process's, which
+    sends no commit notice) with a long poll interval: only the sync can
+    make the client current in time."""
+    server = servers.start(database_poll_interval=3600)
+    reader_storage = servers.client(server, server_sync=True)
+    assert reader_storage.lastTransaction() == z64
+    writer = ZODB.DB(servers.storage("direct"))
+    try:
+        _commit_root(writer, x=2)
+        committed = writer.storage.lastTransaction()
+    finally:
+        writer.close()
+    time.sleep(0.2)
     assert reader_storage.lastTransaction() < committed
     reader_storage.sync()
     assert reader_storage.lastTransaction() >= committed
@@ -273,3 +282,58 @@ def test_a_server_wakes_the_others_when_it_commits(servers: RelStorageServers) -
             lambda committed=committed: reader.storage.lastTransaction() >= committed,
             "the second server to publish the first one's commit",
         )
+
+
+def _sessions(servers: RelStorageServers) -> int:
+    """The database sessions open on the servers' database now."""
+    connection = psycopg2.connect(servers.postgres.dsn("postgres"))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                (servers.database,),
+            )
+            (count,) = cursor.fetchone()
+        return int(count)
+    finally:
+        connection.close()
+
+
+def test_worker_threads_bound_the_database_sessions_of_reads(
+    hp_servers: RelStorageServers,
+) -> None:
+    """Twelve clients reading at once through a server with two worker
+    threads: two reader sessions, besides the feed, the notices and the
+    commit instance (docs/database.md, Sizing connections)."""
+    servers = hp_servers
+    address = servers.start(worker_threads=2)
+    writer = servers.db(address)
+    _commit_root(writer, objects=[PersistentMapping(n=n) for n in range(300)])
+    readers = [servers.client(address, cache_size=0) for _ in range(12)]
+    oids = [obj._p_oid for obj in writer.open().root()["objects"]]
+    most = [0]
+    reading = threading.Event()
+
+    def sample() -> None:
+        while reading.is_set():
+            most[0] = max(most[0], _sessions(servers))
+            time.sleep(0.02)
+
+    def read(client: Any) -> None:
+        for oid in oids:
+            client.load(oid)
+
+    reading.set()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=read, args=(c,)) for c in readers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        reading.clear()
+        sampler.join()
+    # feed 1, notices 2, commit instance 2, readers 2
+    assert 0 < most[0] <= 7, most[0]

@@ -101,6 +101,8 @@ def test_defaults_of_an_empty_zeo_section(tmp_path):
         ("max-frame-size", "1048576", "max_frame_size", 1048576),
         ("max-frame-size", "64kb", "max_frame_size", 65536),
         ("max-frame-size", "1GB", "max_frame_size", 1024**3),
+        ("worker-threads", "2", "worker_threads", 2),
+        ("worker-threads", "64", "worker_threads", 64),
     ],
 )
 def test_one_key(tmp_path, key, value, field, expected):
@@ -193,6 +195,9 @@ def test_bad_addresses_are_refused(tmp_path, text):
         ("max-frame-size", "huge"),
         ("max-frame-size", "12"),
         ("pid-filename", "/no/such/directory/zeo.pid"),
+        ("worker-threads", "0"),
+        ("worker-threads", "65"),
+        ("worker-threads", "some"),
     ],
 )
 def test_wrong_value_names_file_line_and_key(tmp_path, key, value):

@@ -427,7 +427,10 @@ class MVCCHosting:
         return self._read("record_iternext", next_oid)
 
     def new_oid(self) -> bytes:
-        oid: bytes = self._read("new_oid")
+        """(storage thread) From the commit instance: a reader would open
+        a write session of its own for it."""
+        with zodb_errors():
+            oid: bytes = self._commit.new_oid()
         return oid
 
     def undoLog(self, first: int, last: int) -> list[dict[str, Any]]:

@@ -251,7 +251,15 @@ class Session(TransactionCalls, ReplicationCalls):
     def new_oids(self, n: int = MAX_NEW_OIDS) -> list[bytes] | Later[list[bytes]]:
         if self.read_only:
             raise ReadOnlyError()
-        return self._read(_new_oids, self.storage, min(max(n, 1), MAX_NEW_OIDS))
+        count = min(max(n, 1), MAX_NEW_OIDS)
+        if self._hosted.mvcc is not None:
+            return Later(self._new_oids_in_storage_thread(count))
+        return self._read(_new_oids, self.storage, count)
+
+    async def _new_oids_in_storage_thread(self, count: int) -> list[bytes]:
+        """A database storage's commit instance allocates them
+        (``MVCCHosting.new_oid``)."""
+        return await self._hosted.submit(_new_oids, self.storage, count)
 
     # -- administration ---------------------------------------------------
 

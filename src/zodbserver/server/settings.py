@@ -30,7 +30,8 @@ class ServerSettings:
     msgpack: bool = True
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     pid_filename: str | None = None
-    #: Threads for pack, undo logs, iteration and blob reads (``tasks``).
+    #: Threads for pack, undo logs, iteration, blob reads and a database
+    #: storage's reads (``tasks``); ``worker-threads`` in zeo.conf.
     worker_threads: int = DEFAULT_WORKER_THREADS
     #: TLS (``<ssl>``); None listens in plain TCP.
     tls: ServerTLS | None = None

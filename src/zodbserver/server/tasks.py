@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Worker threads per server for pack, undo logs, iteration and blob reads.
 DEFAULT_WORKER_THREADS = 8
+#: The most ``worker-threads`` may ask for.
+MAX_WORKER_THREADS = 64
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
