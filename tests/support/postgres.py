@@ -49,9 +49,17 @@ def binaries() -> Path:
 class PostgresServer:
     """One PostgreSQL server in a directory of its own."""
 
-    def __init__(self, settings: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        settings: Sequence[str] = (),
+        *,
+        standby_of: PostgresServer | None = None,
+        standby_name: str = "standby",
+    ) -> None:
         """``settings``: more ``name=value`` server settings, on top of the
-        tests' own (``shared_preload_libraries=pg_stat_statements``, say)."""
+        tests' own (``shared_preload_libraries=pg_stat_statements``, say).
+        ``standby_of``: a streaming standby of that (running) server, a
+        base backup of it that follows it as ``standby_name``."""
         self.settings = tuple(settings)
         self.directory = Path(tempfile.mkdtemp(prefix="zodbpg-"))
         self.data = self.directory / "data"
@@ -61,16 +69,46 @@ class PostgresServer:
             os.chown(self.directory, self._user.pw_uid, self._user.pw_gid)
         self.process: subprocess.Popen[bytes] | None = None
         self._databases = 0
+        if standby_of is None:
+            self._run(
+                [
+                    str(binaries() / "initdb"),
+                    "--auth=trust",
+                    f"--username={ROLE}",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                    str(self.data),
+                ]
+            )
+        else:
+            self._copy_for_streaming(standby_of, standby_name)
+
+    def _copy_for_streaming(self, primary: PostgresServer, name: str) -> None:
         self._run(
             [
-                str(binaries() / "initdb"),
-                "--auth=trust",
+                str(binaries() / "pg_basebackup"),
+                f"--pgdata={self.data}",
+                f"--host={primary.socket_dir}",
                 f"--username={ROLE}",
-                "--encoding=UTF8",
+                "--wal-method=stream",
                 "--no-sync",
-                str(self.data),
             ]
         )
+        conninfo = f"host={primary.socket_dir} user={ROLE} application_name={name}"
+        with open(self.data / "postgresql.auto.conf", "a") as conf:
+            conf.write(f"primary_conninfo = '{conninfo}'\n")
+        (self.data / "standby.signal").touch()
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        """Run ``sql`` in the ``postgres`` database, autocommit; its rows."""
+        connection = psycopg2.connect(self.dsn("postgres"))
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            connection.close()
 
     def _user_args(self) -> dict[str, int]:
         if self._user is None:
