@@ -6,10 +6,17 @@ runner leaves those out unless asked.  Here they run in the classes that
 set ``long_tests = True`` (one for each client and server pairing: ZEO's
 client and ours against our server, and ours on RelStorage), and in every
 class with ``--long``.  The others are deselected, not skipped.
+
+The garbage is collected at the end of each module: an object its tests
+left unclosed (a file, a socket) then fails that module's last test, at its
+teardown, with the ResourceWarning, whatever else ran in the same process
+(the suite runs in several, ``run-tests``) -- not a later test that
+happened to trigger the collection.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -38,6 +45,12 @@ def pytest_collection_modifyitems(
     if long_ones:
         config.hook.pytest_deselected(items=long_ones)
         items[:] = kept
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_garbage_after_the_module() -> Iterator[None]:
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

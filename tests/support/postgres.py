@@ -6,7 +6,10 @@ run ``initdb`` into a temporary directory and ``postgres`` on a Unix
 socket in that directory, with no TCP port.  PostgreSQL refuses to run as
 root, so when the tests do, the server runs as ``nobody``.  The server is
 stopped by its PID (SIGINT: PostgreSQL's fast shutdown); ``kill`` stops
-it at once (SIGKILL) to test what survives.
+it at once (SIGKILL) to test what survives, and ``remove`` (SIGQUIT, an
+immediate shutdown) before deleting it.  ``standby_of`` makes a streaming
+standby of a running server (``pg_basebackup``), which ``SELECT
+pg_promote()`` makes a primary.
 
 Each test gets a database of its own (``new_database``) in one server.
 """
