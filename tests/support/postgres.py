@@ -19,7 +19,6 @@ from __future__ import annotations
 import glob
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -182,7 +181,8 @@ class PostgresServer:
         one is connected to); its name."""
         self._databases += 1
         name = f"zodb{os.getpid()}_{self._databases}_{int(time.time() * 1000)}"
-        copy = f" TEMPLATE {template}" if template else ""
+        # FILE_COPY: a third faster than logging the copy to the WAL.
+        copy = f" TEMPLATE {template} STRATEGY FILE_COPY" if template else ""
         connection = psycopg2.connect(self.dsn("postgres"))
         try:
             connection.autocommit = True
@@ -217,14 +217,21 @@ class PostgresServer:
 
     def remove(self) -> None:
         """Stop at once and delete everything: an immediate shutdown
-        (SIGQUIT) skips the checkpoint of data about to be deleted."""
+        (SIGQUIT) skips the checkpoint of data about to be deleted, and a
+        process of its own deletes the directory (a run's databases take
+        gigabytes, and seconds to delete) while the tests go on."""
         self._signal(signal.SIGQUIT)
         wait_until(
             lambda: not _backends_of(self.data),
             timeout=30,
             what="PostgreSQL's backends to exit",
         )
-        shutil.rmtree(self.directory, ignore_errors=True)
+        subprocess.Popen(
+            ["rm", "-rf", str(self.directory)],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 def _backends_of(data: Path) -> bool:
