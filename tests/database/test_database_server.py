@@ -85,6 +85,7 @@ def test_eight_writers_through_one_server_lose_no_update(
     address = servers.start()
     dbs = [servers.db(address) for _ in range(WRITERS)]
     _set_up_counters(dbs[0])
+    _sync(dbs)  # each client has had the invalidation of the root
     errors: list[BaseException] = []
     made = _increment_counters(dbs, INCREMENTS, errors)
     assert errors == []

@@ -114,7 +114,7 @@ def test_quick_monitor_comparison_scrapes_and_writes_on_off_rows(
     assert "failed" not in markdown.replace("none failed", "")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_zodbshootout_runs_through_both_stacks(tmp_path: Path) -> None:
     """zodbshootout's add, update, cold and hot workloads, two processes,
     through ZEO's stack and ours; a workload that raises (as the cold read
@@ -134,7 +134,7 @@ def test_zodbshootout_runs_through_both_stacks(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,  # 60 s alone; pyperf's processes are slow on a busy machine
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((output / "shootout.json").read_text())

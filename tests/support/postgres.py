@@ -226,11 +226,11 @@ class PostgresServer:
             timeout=30,
             what="PostgreSQL's backends to exit",
         )
-        subprocess.Popen(
-            ["rm", "-rf", str(self.directory)],
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        # The shell starts rm in the background and exits: no child is left
+        # for this process to wait for.
+        subprocess.run(
+            ["sh", "-c", 'rm -rf "$1" >/dev/null 2>&1 &', "sh", str(self.directory)],
+            check=True,
         )
 
 
