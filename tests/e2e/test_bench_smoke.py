@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from support.commands import run_module
 
-ROOT = Path(__file__).resolve().parents[2]
 #: The quick mode's workloads: everything but 16 processes and 100 MB blobs.
 QUICK_WORKLOADS = {
     "add",
@@ -120,23 +117,12 @@ def test_zodbshootout_runs_through_both_stacks(tmp_path: Path) -> None:
     through ZEO's stack and ours; a workload that raises (as the cold read
     did when clearing our cache reset its last tid) fails the run."""
     output = tmp_path / "results"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.shootout",
-            "--quick",
-            "--concurrency",
-            "2",
-            "--output",
-            str(output),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=360,  # 60 s alone; pyperf's processes are slow on a busy machine
+    # 60 s alone; pyperf's processes are slow on a busy machine.
+    run_module(
+        "bench.shootout",
+        ["--quick", "--concurrency", "2", "--output", str(output)],
+        timeout=360,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((output / "shootout.json").read_text())
     seen = {(row["concurrency"], row["test"].split()[0]) for row in rows}
     for test in ("add", "update", "read"):
@@ -193,22 +179,9 @@ def test_quick_scaling_run_writes_tables_plots_and_ratios(tmp_path: Path) -> Non
         "elapsed_s": 1.0,
     }
     (output / "results.json").write_text(json.dumps(matrix))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.scaling",
-            "--quick",
-            "--big",
-            "--output",
-            str(output),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
+    run_module(
+        "bench.scaling", ["--quick", "--big", "--output", str(output)], timeout=100
     )
-    assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((output / "scaling.json").read_text())
     assert [s["key"] for s in results["systems"]] == ["zeo-zeo", "ours-ours", "floor"]
